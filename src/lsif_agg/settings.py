@@ -7,6 +7,7 @@ failed check raises SettingsError with one message that names the value and the 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shlex
 import sys
@@ -245,8 +246,7 @@ def _parse_seconds(text: str | None, source: str, default: float, *, positive: b
         raise SettingsError(
             f"invalid duration {text!r} from {source}: expected a number of seconds "
             f"such as 2.5.") from None
-    if value != value or value in (float("inf"), float("-inf")) or value < 0 or (
-            positive and value == 0):
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
         bound = "greater than 0" if positive else "0 or more"
         raise SettingsError(f"invalid duration {text!r} from {source}: it must be {bound} seconds.")
     return value

@@ -1,0 +1,124 @@
+"""The fan-out: fetch every target's /metrics at once under one deadline.
+
+A failed target becomes a ScrapeResult with an error reason, never an exception, so one hung or
+broken process cannot fail or delay the answer for the others beyond the deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import logging
+import time
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import aiohttp
+
+from lsif_agg.supervise.process import ProcessView
+
+# Ask targets for OpenMetrics first, as Prometheus does, so exemplars and _created survive; any
+# format that comes back is read.
+TARGET_ACCEPT = (
+    "application/openmetrics-text;version=1.0.0;q=0.9,"
+    "text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+)
+GZIP_MAGIC = b"\x1f\x8b"
+# A worker's whole exposition is held in memory for one scrape; this bounds what one target can take.
+MAX_BODY_BYTES = 256 * 1024 * 1024
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ScrapeResult:
+    """What one target returned in one scrape: a body, or the reason there is none."""
+
+    label: str
+    body: bytes | None
+    content_type: str | None
+    duration: float  # seconds
+    error: str | None  # reason token for lsif_agg_scrape_errors_total: timeout, connection, ...
+    detail: str | None  # a sentence for the log
+
+
+class Scraper:
+    """Scrapes targets over one pooled HTTP session; concurrent scrapes share one fan-out."""
+
+    def __init__(self) -> None:
+        self._session: aiohttp.ClientSession | None = None
+        self._in_flight: asyncio.Task[list[ScrapeResult]] | None = None
+
+    async def start(self) -> None:
+        # No connection limit: every target is fetched at once. Connections are kept alive
+        # between scrapes, so a scrape does not pay a TCP handshake per target.
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60)
+        self._session = aiohttp.ClientSession(
+            connector=connector, headers={"Accept": TARGET_ACCEPT, "Accept-Encoding": "gzip"})
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def scrape(self, targets: Sequence[ProcessView], deadline: float) -> list[ScrapeResult]:
+        """Fetch `targets` concurrently, each within `deadline` seconds.
+
+        A request that arrives while a fan-out is under way joins it instead of starting
+        another, so two Prometheus replicas scraping together cost one fan-out. The data it
+        gets was fetched after it arrived or at most one fan-out earlier.
+        """
+        if self._in_flight is None or self._in_flight.done():
+            self._in_flight = asyncio.create_task(self._fan_out(tuple(targets), deadline))
+        # shield: a scraper that hangs up must not cancel the fan-out that others share.
+        return await asyncio.shield(self._in_flight)
+
+    async def _fan_out(self, targets: tuple[ProcessView, ...], deadline: float
+                       ) -> list[ScrapeResult]:
+        return list(await asyncio.gather(*(self._fetch(target, deadline) for target in targets)))
+
+    async def _fetch(self, target: ProcessView, deadline: float) -> ScrapeResult:
+        assert self._session is not None, "Scraper.start() must run before scrape()"
+        url = f"http://127.0.0.1:{target.port}/metrics"
+        started = time.monotonic()
+
+        def failed(reason: str, detail: str) -> ScrapeResult:
+            return ScrapeResult(target.label, None, None, time.monotonic() - started, reason,
+                                f"scrape of {target.name} at {url} failed: {detail}")
+
+        try:
+            async with asyncio.timeout(deadline):
+                async with self._session.get(url) as response:
+                    if response.status != 200:
+                        return failed("http_status", f"HTTP status {response.status}")
+                    body = await _read_body(response)
+                    content_type = response.headers.get("Content-Type")
+        except TimeoutError:
+            return failed("timeout", f"no complete answer within {deadline:.3g} s")
+        except aiohttp.ClientPayloadError as error:
+            return failed("payload", f"invalid response body ({error})")
+        except (aiohttp.ClientError, OSError) as error:
+            return failed("connection", str(error) or type(error).__name__)
+        except ValueError as error:
+            return failed("payload", str(error))
+
+        return ScrapeResult(target.label, body, content_type, time.monotonic() - started,
+                            None, None)
+
+
+async def _read_body(response: aiohttp.ClientResponse) -> bytes:
+    """Read the whole body, gunzipping it when a target sent gzip without saying so."""
+    if response.content_length is not None and response.content_length > MAX_BODY_BYTES:
+        raise ValueError(f"body of {response.content_length} bytes exceeds {MAX_BODY_BYTES}")
+    body = await response.read()
+    if len(body) > MAX_BODY_BYTES:
+        raise ValueError(f"body of {len(body)} bytes exceeds {MAX_BODY_BYTES}")
+
+    # aiohttp decompresses bodies sent with Content-Encoding: gzip; some exporters gzip the body
+    # and omit that header, which would otherwise glue gzip bytes into the exposition.
+    if body.startswith(GZIP_MAGIC):
+        try:
+            body = gzip.decompress(body)
+        except (OSError, EOFError, zlib.error) as error:
+            raise ValueError(f"body looks gzipped but does not decompress: {error}") from None
+    return body

@@ -1,0 +1,78 @@
+"""Series selection for /federate: `match[]` selectors become one predicate over name and labels.
+
+The selectors are parsed by promql-parser, a binding of a Rust port of Prometheus's own PromQL
+parser, so what Prometheus's /federate accepts is accepted here and errors read the same.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+
+import promql_parser
+
+SeriesFilter = Callable[[str, Mapping[str, str]], bool]
+LabelTest = Callable[[Mapping[str, str]], bool]
+
+
+class SelectorError(ValueError):
+    """A `match[]` value that is not a valid series selector; the message says which and why."""
+
+
+def build_filter(selectors: Sequence[str]) -> SeriesFilter | None:
+    """Return a predicate that keeps a series matched by any of `selectors`, or None for all."""
+    if not selectors:
+        return None
+    alternatives = [test for selector in selectors for test in _parse_selector(selector)]
+
+    def keep(name: str, labels: Mapping[str, str]) -> bool:
+        series = {**labels, "__name__": name}
+        return any(test(series) for test in alternatives)
+
+    return keep
+
+
+def _parse_selector(selector: str) -> list[LabelTest]:
+    """Parse one selector into its alternatives: one test per `or` branch of its matchers."""
+    try:
+        expression = promql_parser.parse(selector)
+    except ValueError as error:
+        raise SelectorError(f"invalid match[] {selector!r}: {error}") from None
+    if not isinstance(expression, promql_parser.VectorSelector) or expression.offset or (
+            expression.at):
+        raise SelectorError(
+            f"invalid match[] {selector!r}: expected a series selector such as "
+            f'up or {{job="node", worker=~"1|2"}}, not an expression.')
+
+    common = [_compile_matcher(m) for m in expression.matchers.matchers]
+    if expression.name:
+        common.append(_equal_test("__name__", expression.name))
+    groups = expression.matchers.or_matchers or [[]]
+    return [_all_of(common + [_compile_matcher(m) for m in group]) for group in groups]
+
+
+def _all_of(tests: list[LabelTest]) -> LabelTest:
+    return lambda series: all(test(series) for test in tests)
+
+
+def _equal_test(name: str, value: str) -> LabelTest:
+    return lambda series: series.get(name, "") == value
+
+
+def _compile_matcher(matcher: promql_parser.Matcher) -> LabelTest:
+    """Turn one label matcher into a test; a missing label matches as the empty string."""
+    name, value, op = matcher.name, matcher.value, matcher.op
+    if op == promql_parser.MatchOp.Equal:
+        return _equal_test(name, value)
+    if op == promql_parser.MatchOp.NotEqual:
+        return lambda series: series.get(name, "") != value
+
+    # Prometheus anchors regular expressions at both ends. NOTE: Python's re and Go's RE2 differ
+    # in rare syntax (possessive quantifiers, some classes); common selectors read the same.
+    try:
+        pattern = re.compile(value)
+    except re.error as error:
+        raise SelectorError(f"invalid regular expression {value!r} for label {name}: {error}") from None
+    if op == promql_parser.MatchOp.Re:
+        return lambda series: pattern.fullmatch(series.get(name, "")) is not None
+    return lambda series: pattern.fullmatch(series.get(name, "")) is None
