@@ -72,11 +72,10 @@ def choose_format(accept: str) -> OutputFormat:
     best_text = 0.0
     for kind, parameters, q in _media_ranges(accept):
         version = parameters.get("version")
+        is_text = kind == TEXT_TYPE and (version is None or version in TEXT_VERSIONS)
         if kind == OPENMETRICS_TYPE and (version is None or version in OPENMETRICS_VERSIONS):
             best_openmetrics = max(best_openmetrics, q)
-        elif kind == TEXT_TYPE and (version is None or version in TEXT_VERSIONS):
-            best_text = max(best_text, q)
-        elif kind in ("*/*", "text/*"):
+        elif is_text or kind in ("*/*", "text/*"):
             best_text = max(best_text, q)
 
     if best_openmetrics > 0 and best_openmetrics >= best_text:
