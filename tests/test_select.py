@@ -32,8 +32,8 @@ def test_equal_and_not_equal() -> None:
 def test_regex_is_anchored() -> None:
     assert keeps(['{__name__=~"node_cpu.*"}'], "node_cpu_seconds_total")
     assert not keeps(['{__name__=~"cpu"}'], "node_cpu_seconds_total")
-    assert keeps(['{worker!~"1|2"}'], "x", worker="3")
-    assert not keeps(['{worker!~"1|2"}'], "x", worker="2")
+    assert keeps(['x{worker!~"1|2"}'], "x", worker="3")
+    assert not keeps(['x{worker!~"1|2"}'], "x", worker="2")
 
 
 def test_missing_label_matches_empty() -> None:
@@ -54,7 +54,7 @@ def test_or_inside_braces() -> None:
 
 
 @pytest.mark.parametrize("selector", [
-    "up{", 'rate(x[5m])', '{a=""}', "sum(up)", 'up{worker=~"("}', "up offset 5m",
+    "up{", 'rate(x[5m])', '{a=""}', '{worker!~"1|2"}', "sum(up)", 'up{worker=~"("}', "up offset 5m",
 ])
 def test_invalid_selector_rejected(selector: str) -> None:
     with pytest.raises(SelectorError) as caught:
