@@ -43,7 +43,7 @@ async def run(settings: Settings) -> int:
     await supervisor.start()
     await supervisor.wait_stop_requested()
 
-    # Stop taking scrapes first, so no scrape sees half-stopped processes as failures.
+    # Stop taking scrapes first, so no scrape reports half-stopped processes as failures.
     logger.info("stopping: the endpoint closes, then every process gets SIGTERM")
     await runner.cleanup()
     await federation.close()

@@ -1,7 +1,7 @@
 """The embedded default worker: a small prometheus_client program whose metrics move over time.
 
 lsif_agg runs it when no worker command is given, so `python -m lsif_agg` alone serves the merged
-metrics of real processes. It stands in for an LSIF upload worker that processes uploads.
+metrics of real processes. It imitates an LSIF upload worker.
 """
 
 from __future__ import annotations

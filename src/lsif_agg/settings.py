@@ -39,7 +39,7 @@ class SettingsError(ValueError):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
-    """Everything lsif_agg was told at start-up, validated."""
+    """The validated configuration of one lsif_agg run."""
 
     workers: int
     worker_command: tuple[str, ...]
@@ -133,7 +133,7 @@ def _build_parser() -> argparse.ArgumentParser:
         help=f"first restart delay, doubled after each early exit "
              f"(env LSIF_AGG_BACKOFF_INITIAL; default {DEFAULT_BACKOFF_INITIAL:g} s)")
     add("--backoff-max", metavar="SECONDS",
-        help=f"longest restart delay (env LSIF_AGG_BACKOFF_MAX; default {DEFAULT_BACKOFF_MAX:g} s)")
+        help=f"maximum restart delay (env LSIF_AGG_BACKOFF_MAX; default {DEFAULT_BACKOFF_MAX:g} s)")
     add("--max-early-exits", metavar="N",
         help=f"early exits in a row after which a process is marked failed and not restarted; "
              f"0 restarts forever (env LSIF_AGG_MAX_EARLY_EXITS; default {DEFAULT_MAX_EARLY_EXITS})")

@@ -16,14 +16,14 @@ OPENMETRICS_VERSIONS = ("1.0.0", "0.0.1")
 TEXT_TYPE = "text/plain"
 TEXT_VERSIONS = ("0.0.4",)
 
-# The answer must reach the scraper before its own timeout: keep back a fifth of it, at most 0.5 s.
+# The response must reach the scraper before its own timeout, so keep back a fifth of it, at most 0.5 s.
 DEADLINE_MARGIN_FRACTION = 0.2
 DEADLINE_MARGIN_MAX = 0.5
 
 
 @dataclass(frozen=True, slots=True)
 class Negotiated:
-    """What one scrape request asked for."""
+    """The format, encoding and deadline one scrape request negotiated."""
 
     output: OutputFormat
     gzip: bool

@@ -1,7 +1,7 @@
 """The fan-out: fetch every target's /metrics at once under one deadline.
 
 A failed target becomes a ScrapeResult with an error reason, never an exception, so one hung or
-broken process cannot fail or delay the answer for the others beyond the deadline.
+broken process cannot fail the response or delay it beyond the deadline.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class ScrapeResult:
-    """What one target returned in one scrape: a body, or the reason there is none."""
+    """One target's part of a scrape: its body, or the reason it has none."""
 
     label: str
     body: bytes | None

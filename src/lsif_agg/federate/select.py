@@ -16,7 +16,7 @@ LabelTest = Callable[[Mapping[str, str]], bool]
 
 
 class SelectorError(ValueError):
-    """A `match[]` value that is not a valid series selector; the message says which and why."""
+    """A `match[]` value that is not a valid series selector; the message names it and the parse error."""
 
 
 def build_filter(selectors: Sequence[str]) -> SeriesFilter | None:
