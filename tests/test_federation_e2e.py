@@ -243,3 +243,41 @@ def test_prometheus_sees_three_node_exporters(start_lsif_agg: StartLsifAgg,
     assert [sample["value"][1] for sample in up] == ["1"]  # type: ignore[index]
     worker_ups = query(prometheus, "lsif_agg_worker_up == 1")
     assert len(worker_ups) == 3
+
+
+def test_health_endpoints(start_lsif_agg: StartLsifAgg) -> None:
+    agg = start_lsif_agg(workers=2)
+    assert agg.get("/-/healthy")[0] == 200
+    assert agg.get("/-/ready")[0] == 200
+
+    status, headers, body = agg.get("/healthz")
+    assert status == 200
+    assert headers["Content-Type"].startswith("application/json")
+    processes = json.loads(body)["processes"]
+    assert [process["name"] for process in processes] == ["worker-0", "worker-1"]
+    for process in processes:
+        assert process["state"] == "running"
+        assert isinstance(process["pid"], int)
+        assert process["restarts"] == 0
+        assert isinstance(process["uptime_seconds"], float)
+        assert process["last_exit"] is None
+
+
+def test_missing_command_not_ready(start_lsif_agg: StartLsifAgg) -> None:
+    agg = start_lsif_agg("--", "/nonexistent/worker", "{port}", workers=1, wait_ready=False)
+
+    def failed() -> bool:
+        return healthz(agg).get("0", {}).get("state") == "failed"
+
+    wait_for(failed, "the missing command to be marked failed")
+    assert agg.get("/-/ready")[0] == 503
+    assert agg.get("/-/healthy")[0] == 200
+    assert "/nonexistent/worker" in agg.log()
+    assert worker_up(agg.metrics(), "0") == 0.0
+
+
+def test_json_log_format(start_lsif_agg: StartLsifAgg) -> None:
+    agg = start_lsif_agg("--log-format", "json", workers=1)
+    records = [json.loads(line) for line in agg.log().splitlines() if line.startswith("{")]
+    assert records, agg.log()
+    assert all({"time", "level", "logger", "message"} <= record.keys() for record in records)
