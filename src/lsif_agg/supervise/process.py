@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import signal as signal_module
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -27,8 +28,6 @@ class ExitCause:
 
     def describe(self) -> str:
         """Return 'exit code 3' or 'signal SIGKILL', for logs and /healthz."""
-        import signal as signal_module
-
         if self.signal is not None:
             try:
                 return f"signal {signal_module.Signals(self.signal).name}"
