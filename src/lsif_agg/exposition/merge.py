@@ -1,0 +1,160 @@
+"""Merge the targets' parts into one exposition: settle metadata conflicts, drop repeated series
+and render the result in the negotiated format.
+"""
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from lsif_agg.exposition import formats
+from lsif_agg.exposition.read import Part, TargetReader, is_openmetrics
+from lsif_agg.exposition.records import (
+    Conflict,
+    MergeResult,
+    OutputFormat,
+    SeriesFilter,
+    TargetBody,
+    TargetOutcome,
+)
+from lsif_agg.exposition.syntax import InvalidExposition
+
+INVALID_EXPOSITION = "invalid_exposition"
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+
+
+def merge(
+    targets: Sequence[TargetBody],
+    output: OutputFormat,
+    *,
+    label_name: str = "worker",
+    keep: SeriesFilter | None = None,
+) -> MergeResult:
+    """Merge the targets' bodies into one exposition in the output format.
+
+    Raises ValueError only for an invalid label_name; a bad body is reported in its outcome.
+    """
+    if _LABEL_NAME.fullmatch(label_name) is None:
+        raise ValueError(f"label_name {label_name!r} is not a valid label name; use [a-zA-Z_]\\w*")
+
+    exposition = MergedExposition(output)
+    outcomes = tuple(
+        _merge_target(exposition, target, label_name=label_name, keep=keep) for target in targets
+    )
+    return MergeResult(exposition.render(), outcomes, exposition.conflicts())
+
+
+def _merge_target(
+    exposition: "MergedExposition",
+    target: TargetBody,
+    *,
+    label_name: str,
+    keep: SeriesFilter | None,
+) -> TargetOutcome:
+    openmetrics = is_openmetrics(target.body, target.content_type)
+    reader = TargetReader(exposition.output, openmetrics, target.label, label_name, keep)
+    try:
+        parts = reader.read(target.body)
+    except InvalidExposition as error:
+        return TargetOutcome(target.label, 0, INVALID_EXPOSITION, str(error))
+
+    samples = sum(exposition.add(part, target.label) for part in parts)
+    return TargetOutcome(target.label, samples, None, None)
+
+
+@dataclass(slots=True)
+class MergedFamily:
+    name: bytes
+    kind: str
+    help: bytes | None
+    unit: bytes | None
+    chunks: list[bytes] = field(default_factory=list)  # sample lines or blocks of them
+
+
+class MergedExposition:
+    """The merged families, in the order their first sample arrived."""
+
+    def __init__(self, output: OutputFormat) -> None:
+        self.output = output
+        self.families: dict[bytes, MergedFamily] = {}
+        self.seen: dict[str | None, set[bytes]] = {}  # series keys by added label value
+        self.found: dict[Conflict, None] = {}
+
+    def add(self, part: Part, label: str | None) -> int:
+        """Add one part's samples and return how many were new."""
+        family = self.families.get(part.family)
+        if family is None:
+            family = MergedFamily(part.family, part.kind, part.help, part.unit)
+            self.families[part.family] = family
+        elif not self.is_compatible(family, part):
+            self.report(family.name, "type")
+            return 0
+
+        self.settle_metadata(family, part)
+        return self.add_lines(family, part, self.seen.setdefault(label, set()))
+
+    def is_compatible(self, family: MergedFamily, part: Part) -> bool:
+        # The first part that reaches a family sets its type. A later part whose target gave
+        # no type joins it when its sample names fit that type; any other difference is a
+        # conflict, also when the output format maps a declared type to unknown.
+        if part.kind == family.kind:
+            return True
+        if part.declared:
+            return False
+        return part.names <= formats.sample_names(self.output, family.kind, family.name)
+
+    def settle_metadata(self, family: MergedFamily, part: Part) -> None:
+        # The first HELP and the first UNIT win, in target order and then line order.
+        if part.source.help_conflict:
+            self.report(family.name, "help")
+        if part.help is not None:
+            if family.help is None:
+                family.help = part.help
+            elif family.help != part.help:
+                self.report(family.name, "help")
+
+        if part.source.unit_conflict:
+            self.report(family.name, "unit")
+        if part.unit is not None:
+            if family.unit is None:
+                family.unit = part.unit
+            elif family.unit != part.unit:
+                self.report(family.name, "unit")
+
+    def add_lines(self, family: MergedFamily, part: Part, seen: set[bytes]) -> int:
+        added = 0
+        for key, line in zip(part.keys, part.lines, strict=True):
+            if key in seen:
+                continue  # a series the target repeats: the first one stays
+            seen.add(key)
+            family.chunks.append(line)
+            added += 1
+        return added
+
+    def report(self, family: bytes, kind: str) -> None:
+        self.found[Conflict(family.decode(), kind)] = None
+
+    def conflicts(self) -> tuple[Conflict, ...]:
+        return tuple(self.found)
+
+    def render(self) -> bytes:
+        openmetrics = self.output is OutputFormat.OPENMETRICS
+        written: list[bytes] = []
+        for family in self.families.values():
+            if not family.chunks:
+                continue
+            if family.help is not None:
+                help_text = _escape_help(family.help, openmetrics)
+                written.append(b"# HELP " + family.name + b" " + help_text + b"\n")
+            written.append(b"# TYPE " + family.name + b" " + family.kind.encode() + b"\n")
+            if openmetrics and family.unit is not None:
+                written.append(b"# UNIT " + family.name + b" " + family.unit + b"\n")
+            written.extend(family.chunks)
+
+        if openmetrics:
+            written.append(b"# EOF\n")
+        return b"".join(written)
+
+
+def _escape_help(text: bytes, openmetrics: bool) -> bytes:
+    escaped = text.replace(b"\\", b"\\\\").replace(b"\n", b"\\n")
+    return escaped.replace(b'"', b'\\"') if openmetrics else escaped

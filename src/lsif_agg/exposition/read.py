@@ -1,0 +1,364 @@
+"""Read one target's body, line by line, into relabelled samples grouped by output family.
+
+This is the general path: it handles every quirk the formats allow and is the reference that
+the block fast path in `fast.py` must match byte for byte. How strict it is, compared with
+Prometheus's reference readers:
+
+- It is laxer on blanks: tabs and repeated blanks between tokens, blanks at either end of a
+  line, CRLF line ends, blank lines and a missing final newline are all accepted, in OpenMetrics
+  input too, where the specification allows none of them.
+- Comments that are not HELP, TYPE, UNIT or EOF are ignored in both formats.
+- It is as strict as Prometheus on everything that reaches the output: names, the label set,
+  the value and the timestamp must be valid, or the whole body is rejected, because one bad
+  line in the merged output would make the outer Prometheus fail the whole scrape.
+"""
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from lsif_agg.exposition import formats, syntax
+from lsif_agg.exposition.records import OutputFormat, SeriesFilter
+from lsif_agg.exposition.syntax import InvalidExposition
+
+_OPENMETRICS_MEDIA_TYPE = "application/openmetrics-text"
+_TAIL = 4096  # bytes at the end of a body searched for `# EOF` when sniffing the format
+
+_HELP = b"HELP"
+_TYPE = b"TYPE"
+_UNIT = b"UNIT"
+_EOF = b"# EOF"
+
+
+@dataclass(slots=True)
+class SourceFamily:
+    """A family as one target declares it, in the target's own format."""
+
+    name: bytes
+    kind: str
+    declared: bool  # False when no TYPE line named it; then it is untyped or unknown
+    allowed: frozenset[bytes]  # sample names that belong to it
+    help: bytes | None = None
+    unit: bytes | None = None
+    help_conflict: bool = False
+    unit_conflict: bool = False
+    parts: dict[bytes, "Part"] = field(default_factory=dict)  # by output family name
+
+
+@dataclass(slots=True)
+class Part:
+    """One target's samples of one output family, relabelled and rendered as lines."""
+
+    family: bytes  # output family name
+    kind: str  # output type
+    source: SourceFamily
+    names: set[bytes] = field(default_factory=set)  # sample names
+    keys: list[bytes] = field(default_factory=list)  # series without the added label
+    lines: list[bytes] = field(default_factory=list)  # rendered, newline included
+
+    @property
+    def declared(self) -> bool:
+        """Whether the target gave this family a type; untyped and unknown give none."""
+        return self.source.declared and not formats.is_untyped(self.source.kind)
+
+    @property
+    def help(self) -> bytes | None:
+        return self.source.help
+
+    @property
+    def unit(self) -> bytes | None:
+        return self.source.unit
+
+
+def is_openmetrics(body: bytes, content_type: str | None) -> bool:
+    """Tell whether a body is OpenMetrics: by its Content-Type, or else by a final `# EOF`.
+
+    Every OpenMetrics body ends in `# EOF` and a text body has no reason to, so a body that
+    does is read as OpenMetrics whatever its Content-Type says.
+    """
+    if content_type is not None:
+        media_type = content_type.split(";", 1)[0].strip().lower()
+        if media_type == _OPENMETRICS_MEDIA_TYPE:
+            return True
+    tail = body[-_TAIL:].rstrip(b" \t\r\n")
+    return tail == _EOF or tail.endswith(b"\n" + _EOF)
+
+
+def check_utf8(body: bytes) -> None:
+    if body.isascii():
+        return
+    try:
+        body.decode()
+    except UnicodeDecodeError as error:
+        line = body.count(b"\n", 0, error.start) + 1
+        raise InvalidExposition(line, "invalid UTF-8") from None
+
+
+def escape_label_value(value: str) -> bytes:
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return escaped.encode()
+
+
+class TargetReader:
+    """Read one body into parts; raises InvalidExposition and keeps nothing on bad input."""
+
+    def __init__(
+        self,
+        output: OutputFormat,
+        openmetrics: bool,
+        label: str | None,
+        label_name: str,
+        keep: SeriesFilter | None,
+    ) -> None:
+        self.output = output
+        self.source = OutputFormat.OPENMETRICS if openmetrics else OutputFormat.TEXT
+        self.label = label
+        self.label_name = label_name.encode()
+        self.added_label = (
+            None if label is None else self.label_name + b'="' + escape_label_value(label) + b'"'
+        )
+        self.keep = keep
+        self.parts: list[Part] = []
+        self.families: dict[bytes, SourceFamily] = {}
+        self.by_sample: dict[bytes, SourceFamily] = {}
+        self.current: SourceFamily | None = None
+
+    def read(self, body: bytes, first_line: int = 1) -> list[Part]:
+        """Read every line; OpenMetrics input ends at `# EOF`, which it must have."""
+        check_utf8(body)
+        openmetrics = self.source is OutputFormat.OPENMETRICS
+
+        for number, raw in enumerate(body.split(b"\n"), first_line):
+            line = raw.strip(b" \t\r")
+            if not line:
+                continue
+            if line[0] != 0x23:  # not "#"
+                self.read_sample(line, number)
+            elif openmetrics and line == _EOF:
+                return self.parts
+            else:
+                self.read_comment(line, number)
+
+        if openmetrics:
+            raise InvalidExposition(number, "OpenMetrics body without # EOF, maybe truncated")
+        return self.parts
+
+    # --- metadata -------------------------------------------------------------------------
+
+    def read_comment(self, line: bytes, number: int) -> None:
+        words = line[1:].lstrip(b" \t").split(None, 2)
+        if len(words) < 2 or words[0] not in (_HELP, _TYPE, _UNIT):
+            return  # a plain comment
+        if words[0] == _UNIT and self.source is OutputFormat.TEXT:
+            return  # text 0.0.4 has no UNIT; the line is a comment there
+
+        keyword, rest = words[0], line[1:].lstrip(b" \t")[len(words[0]) :].lstrip(b" \t")
+        name, text = self.read_metadata_name(rest, number)
+        if keyword == _TYPE:
+            self.declare_type(name, text.strip(b" \t").decode(errors="replace"), number)
+        elif keyword == _HELP:
+            self.declare_help(name, syntax.unescape_value(text).encode())
+        else:
+            self.declare_unit(name, text.strip(b" \t"))
+
+    def read_metadata_name(self, rest: bytes, number: int) -> tuple[bytes, bytes]:
+        if rest[:1] != b'"':
+            name, _, text = rest.partition(b" ")
+            if b"\t" in name:
+                name, _, tail = name.partition(b"\t")
+                text = tail + b" " + text if text else tail
+            if syntax.is_metric_name(name):
+                return name, text.lstrip(b" \t")
+            raise InvalidExposition(number, f"invalid metric name {name.decode(errors='replace')!r}")
+
+        quoted = syntax.QUOTED_NAME.match(rest)
+        if quoted is None:
+            raise InvalidExposition(number, "unterminated quoted metric name")
+        name = syntax.read_quoted_name(quoted.group(1), number)
+        return name, rest[quoted.end() :].lstrip(b" \t")
+
+    def declare_type(self, name: bytes, kind: str, number: int) -> None:
+        allowed = formats.TEXT_TYPES if self.source is OutputFormat.TEXT else formats.OPENMETRICS_TYPES
+        if kind not in allowed:
+            raise InvalidExposition(number, f"unknown metric type {kind!r}")
+
+        family = self.families.get(name)
+        if family is not None and family.declared and family.kind == kind:
+            self.current = family  # the same family again: its samples are regrouped
+            return
+        if family is None or family.declared or family.parts:
+            family = self.add_family(name, kind, declared=True, previous=family)
+        else:
+            self.set_kind(family, kind, declared=True)
+        self.current = family
+
+    def declare_help(self, name: bytes, text: bytes) -> None:
+        family = self.metadata_family(name)
+        if family.help is None:
+            family.help = text
+        elif family.help != text:
+            family.help_conflict = True
+
+    def declare_unit(self, name: bytes, unit: bytes) -> None:
+        family = self.metadata_family(name)
+        if family.unit is None:
+            family.unit = unit
+        elif family.unit != unit:
+            family.unit_conflict = True
+
+    def metadata_family(self, name: bytes) -> SourceFamily:
+        family = self.families.get(name)
+        if family is None:
+            family = self.add_family(name, formats.UNTYPED[self.source], declared=False)
+        self.current = family
+        return family
+
+    def add_family(
+        self, name: bytes, kind: str, *, declared: bool, previous: SourceFamily | None = None
+    ) -> SourceFamily:
+        family = SourceFamily(name, kind, declared, frozenset())
+        if previous is not None and not previous.parts:
+            family.help, family.unit = previous.help, previous.unit  # HELP came before TYPE
+        self.families[name] = family
+        self.set_kind(family, kind, declared=declared)
+        return family
+
+    def set_kind(self, family: SourceFamily, kind: str, *, declared: bool) -> None:
+        family.kind = kind
+        family.declared = declared
+        family.allowed = formats.sample_names(self.source, kind, family.name)
+        for sample_name in family.allowed:
+            self.by_sample[sample_name] = family
+
+    # --- samples --------------------------------------------------------------------------
+
+    def family_for(self, name: bytes) -> SourceFamily:
+        current = self.current
+        if current is not None and name in current.allowed:
+            return current
+
+        family = self.by_sample.get(name)
+        if family is None or name not in family.allowed:
+            family = self.add_family(name, formats.UNTYPED[self.source], declared=False)
+        self.current = family
+        return family
+
+    def part_for(self, family: SourceFamily, name: bytes) -> Part:
+        output_name, kind = formats.output_family(
+            self.source, self.output, family.kind, family.name, name
+        )
+        part = family.parts.get(output_name)
+        if part is None:
+            part = Part(output_name, kind, family)
+            family.parts[output_name] = part
+            self.parts.append(part)
+        return part
+
+    def read_sample(self, line: bytes, number: int) -> None:
+        sample = syntax.SAMPLE_LINE.fullmatch(line)
+        if sample is None or sample.group("name", "labels") == (None, None):
+            raise InvalidExposition(number, f"invalid sample line {_shorten(line)!r}")
+        name, labels, value, timestamp, exemplar = sample.group(
+            "name", "labels", "value", "timestamp", "exemplar"
+        )
+
+        pairs: list[tuple[bytes, bytes]] = []
+        if labels is not None:
+            name, pairs = self.read_label_set(name, labels, number)
+        if name is None:
+            raise InvalidExposition(number, "a sample without a metric name")
+        syntax.check_value(value, number)
+
+        tail = b" " + value + self.read_timestamp(timestamp, number)
+        if exemplar is not None:
+            tail += self.read_exemplar(exemplar, number)
+
+        family = self.family_for(name)
+        self.add_sample(self.part_for(family, name), name, pairs, tail + b"\n")
+
+    def read_label_set(
+        self, name: bytes | None, labels: bytes, number: int
+    ) -> tuple[bytes | None, list[tuple[bytes, bytes]]]:
+        quoted_name, pairs = syntax.read_labels(labels, number)
+        if quoted_name is not None:
+            if name is not None:
+                raise InvalidExposition(number, "a sample with two metric names")
+            name = quoted_name
+        if len({label for label, _ in pairs}) != len(pairs):
+            raise InvalidExposition(number, "a label name given twice")
+        if self.added_label is not None and any(label == self.label_name for label, _ in pairs):
+            pairs = rename_clashing_label(pairs, self.label_name)
+        return name, pairs
+
+    def read_timestamp(self, timestamp: bytes | None, number: int) -> bytes:
+        if timestamp is None:
+            return b""
+        openmetrics = self.source is OutputFormat.OPENMETRICS
+        syntax.check_timestamp(timestamp, openmetrics, number)
+        if self.source is self.output:
+            return b" " + timestamp
+        if openmetrics:
+            return b" " + syntax.seconds_to_milliseconds(timestamp, number)
+        return b" " + syntax.milliseconds_to_seconds(timestamp)
+
+    def read_exemplar(self, exemplar: bytes, number: int) -> bytes:
+        if self.source is not OutputFormat.OPENMETRICS:
+            raise InvalidExposition(number, "an exemplar in a text 0.0.4 body")
+        written = syntax.read_exemplar(exemplar, number)
+        return written if self.output is OutputFormat.OPENMETRICS else b""
+
+    def add_sample(
+        self, part: Part, name: bytes, pairs: list[tuple[bytes, bytes]], tail: bytes
+    ) -> None:
+        labels = b",".join(label + b'="' + value + b'"' for label, value in pairs)
+        if self.keep is not None and not self.keep(name.decode(), self.filter_labels(pairs)):
+            return
+
+        key = name + b"{" + labels + b"}" if labels else name
+        if self.added_label is None:
+            line = key + tail
+        elif labels:
+            line = name + b"{" + self.added_label + b"," + labels + b"}" + tail
+        else:
+            line = name + b"{" + self.added_label + b"}" + tail
+
+        part.names.add(name)
+        part.keys.append(key)
+        part.lines.append(line)
+
+    def filter_labels(self, pairs: list[tuple[bytes, bytes]]) -> Mapping[str, str]:
+        labels = {label.decode(): syntax.unescape_value(value) for label, value in pairs}
+        if self.label is not None:
+            labels[self.label_name.decode()] = self.label
+        return labels
+
+
+def rename_clashing_label(
+    pairs: list[tuple[bytes, bytes]], label_name: bytes
+) -> list[tuple[bytes, bytes]]:
+    """Keep a sample's own worker label as exported_worker, as Prometheus does.
+
+    Prometheus (honor_labels: false) reads an empty value as no label, so an empty worker label
+    is dropped, and it moves a clashing value to the first of exported_worker,
+    exported_exported_worker, ... that is absent or empty.
+    """
+    values = dict(pairs)
+    clashing = values[label_name]
+    if not clashing:
+        return [(label, value) for label, value in pairs if label != label_name]
+
+    new_name = b"exported_" + label_name
+    while values.get(new_name):
+        new_name = b"exported_" + new_name
+
+    renamed: list[tuple[bytes, bytes]] = []
+    for label, value in pairs:
+        if label == label_name:
+            renamed.append((new_name, clashing))
+        elif label != new_name:
+            renamed.append((label, value))
+    return renamed
+
+
+def _shorten(line: bytes) -> str:
+    text = line.decode(errors="replace")
+    return text if len(text) <= 80 else text[:77] + "..."
