@@ -33,12 +33,24 @@ def merge(
 
     Raises ValueError only for an invalid label_name; a bad body is reported in its outcome.
     """
+    return merge_targets(targets, output, label_name=label_name, keep=keep, use_fast_path=True)
+
+
+def merge_targets(
+    targets: Sequence[TargetBody],
+    output: OutputFormat,
+    *,
+    label_name: str,
+    keep: SeriesFilter | None,
+    use_fast_path: bool,
+) -> MergeResult:
+    """Merge as `merge` does; tests turn the fast path off to compare it with the general one."""
     if _LABEL_NAME.fullmatch(label_name) is None:
         raise ValueError(f"label_name {label_name!r} is not a valid label name; use [a-zA-Z_]\\w*")
 
     exposition = MergedExposition(output)
     outcomes = tuple(
-        _merge_target(exposition, target, label_name=label_name, keep=keep) for target in targets
+        _merge_target(exposition, target, label_name, keep, use_fast_path) for target in targets
     )
     return MergeResult(exposition.render(), outcomes, exposition.conflicts())
 
@@ -46,12 +58,13 @@ def merge(
 def _merge_target(
     exposition: "MergedExposition",
     target: TargetBody,
-    *,
     label_name: str,
     keep: SeriesFilter | None,
+    use_fast_path: bool,
 ) -> TargetOutcome:
     openmetrics = is_openmetrics(target.body, target.content_type)
     reader = TargetReader(exposition.output, openmetrics, target.label, label_name, keep)
+    reader.use_fast_path = use_fast_path
     try:
         parts = reader.read(target.body)
     except InvalidExposition as error:
@@ -81,6 +94,8 @@ class MergedExposition:
 
     def add(self, part: Part, label: str | None) -> int:
         """Add one part's samples and return how many were new."""
+        if part.is_empty():
+            return 0  # a family whose samples the filter removed claims nothing
         family = self.families.get(part.family)
         if family is None:
             family = MergedFamily(part.family, part.kind, part.help, part.unit)
@@ -122,13 +137,30 @@ class MergedExposition:
 
     def add_lines(self, family: MergedFamily, part: Part, seen: set[bytes]) -> int:
         added = 0
-        for key, line in zip(part.keys, part.lines, strict=True):
-            if key in seen:
-                continue  # a series the target repeats: the first one stays
-            seen.add(key)
-            family.chunks.append(line)
-            added += 1
+        for keys, content in part.segments:
+            if isinstance(content, bytes) and self.add_block(family, keys, content, seen):
+                added += len(keys)
+                continue
+            lines = content.splitlines(keepends=True) if isinstance(content, bytes) else content
+
+            for key, line in zip(keys, lines, strict=True):
+                if key in seen:
+                    continue  # a series the target repeats: the first one stays
+                seen.add(key)
+                family.chunks.append(line)
+                added += 1
         return added
+
+    def add_block(
+        self, family: MergedFamily, keys: list[bytes], block: bytes, seen: set[bytes]
+    ) -> bool:
+        """Add a fast-path block whole if none of its series repeats; else return False."""
+        unique = set(keys)
+        if len(unique) != len(keys) or not seen.isdisjoint(unique):
+            return False
+        seen.update(unique)
+        family.chunks.append(block)
+        return True
 
     def report(self, family: bytes, kind: str) -> None:
         self.found[Conflict(family.decode(), kind)] = None

@@ -16,7 +16,8 @@ Prometheus's reference readers:
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from lsif_agg.exposition import formats, syntax
+from lsif_agg.exposition import fast, formats, syntax
+from lsif_agg.exposition.fast import FastRun
 from lsif_agg.exposition.records import OutputFormat, SeriesFilter
 from lsif_agg.exposition.syntax import InvalidExposition
 
@@ -46,7 +47,11 @@ class SourceFamily:
 
 @dataclass(slots=True)
 class Part:
-    """One target's samples of one output family, relabelled and rendered as lines."""
+    """One target's samples of one output family, relabelled and rendered.
+
+    Samples sit in segments of (series keys, lines): a list of single lines from the general
+    reader, or one block of lines from the fast path. `keys` and `lines` are the open segment.
+    """
 
     family: bytes  # output family name
     kind: str  # output type
@@ -54,6 +59,19 @@ class Part:
     names: set[bytes] = field(default_factory=set)  # sample names
     keys: list[bytes] = field(default_factory=list)  # series without the added label
     lines: list[bytes] = field(default_factory=list)  # rendered, newline included
+    segments: list[tuple[list[bytes], list[bytes] | bytes]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.segments.append((self.keys, self.lines))
+
+    def add_block(self, run: FastRun) -> None:
+        self.names.update(run.names)
+        self.segments.append((run.keys, run.block))
+        self.keys, self.lines = [], []
+        self.segments.append((self.keys, self.lines))
+
+    def is_empty(self) -> bool:
+        return not any(keys for keys, _ in self.segments)
 
     @property
     def declared(self) -> bool:
@@ -117,16 +135,65 @@ class TargetReader:
             None if label is None else self.label_name + b'="' + escape_label_value(label) + b'"'
         )
         self.keep = keep
+        self.use_fast_path = True
         self.parts: list[Part] = []
         self.families: dict[bytes, SourceFamily] = {}
         self.by_sample: dict[bytes, SourceFamily] = {}
         self.current: SourceFamily | None = None
 
-    def read(self, body: bytes, first_line: int = 1) -> list[Part]:
+    def read(self, body: bytes) -> list[Part]:
         """Read every line; OpenMetrics input ends at `# EOF`, which it must have."""
         check_utf8(body)
-        openmetrics = self.source is OutputFormat.OPENMETRICS
+        if self.can_use_fast_path(body):
+            finished, number = self.read_runs(body)
+        else:
+            finished, number = self.read_lines(body, 1)
 
+        if not finished and self.source is OutputFormat.OPENMETRICS:
+            raise InvalidExposition(number, "OpenMetrics body without # EOF, maybe truncated")
+        return self.parts
+
+    def can_use_fast_path(self, body: bytes) -> bool:
+        # The fast path copies lines as they are, so it cannot convert between formats, and
+        # the series filter needs every sample's labels decoded.
+        if not self.use_fast_path or self.keep is not None or self.source is not self.output:
+            return False
+        return fast.is_fast_body(body)
+
+    def read_runs(self, body: bytes) -> tuple[bool, int]:
+        """Read comment lines one by one and each run of lines between them in one go."""
+        position, number = 0, 1
+        while position < len(body):
+            if body[position] == 0x23:  # "#"
+                end = body.find(b"\n", position) + 1 or len(body)
+            else:
+                end = body.find(b"\n#", position) + 1 or len(body)
+            chunk = body[position:end]
+
+            if not self.read_run(chunk):
+                finished, number = self.read_lines(chunk, number)
+                if finished:
+                    return True, number
+            else:
+                number += chunk.count(b"\n")
+            position = end
+        return False, number
+
+    def read_run(self, run: bytes) -> bool:
+        first = syntax.NAME_AT_START.match(run)
+        if first is None:
+            return False
+        family = self.family_for(first.group())
+        relabelled = fast.relabel_run(run, family.allowed, self.added_label, self.label_name)
+        if relabelled is None:
+            return False
+        self.part_for(family, first.group()).add_block(relabelled)
+        return True
+
+    def read_lines(self, body: bytes, first_line: int) -> tuple[bool, int]:
+        """Read line by line; return whether `# EOF` ended the body, and the last line number."""
+        openmetrics = self.source is OutputFormat.OPENMETRICS
+        number = first_line
         for number, raw in enumerate(body.split(b"\n"), first_line):
             line = raw.strip(b" \t\r")
             if not line:
@@ -134,13 +201,10 @@ class TargetReader:
             if line[0] != 0x23:  # not "#"
                 self.read_sample(line, number)
             elif openmetrics and line == _EOF:
-                return self.parts
+                return True, number
             else:
                 self.read_comment(line, number)
-
-        if openmetrics:
-            raise InvalidExposition(number, "OpenMetrics body without # EOF, maybe truncated")
-        return self.parts
+        return False, number
 
     # --- metadata -------------------------------------------------------------------------
 

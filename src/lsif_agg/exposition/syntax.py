@@ -207,3 +207,4 @@ _METRIC_NAME_PATTERN = re.compile(_METRIC_NAME)
 
 def is_metric_name(name: bytes) -> bool:
     return _METRIC_NAME_PATTERN.fullmatch(name) is not None
+NAME_AT_START = re.compile(_METRIC_NAME)
