@@ -34,6 +34,23 @@ def exit_with(code: str) -> None:
     sys.exit(int(code))
 
 
+def report_signals() -> None:
+    """Print the name of each SIGHUP, SIGUSR1 or SIGUSR2 it gets; block."""
+
+    def report(signum: int, frame: object) -> None:
+        print("got", signal.Signals(signum).name, flush=True)
+
+    for signum in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(signum, report)
+    block()
+
+
+def kill_self(name: str) -> None:
+    """Die by the signal `name`, such as SIGKILL."""
+    os.kill(os.getpid(), signal.Signals[name])
+    block()
+
+
 def flood() -> None:
     """Write 1 MB without a newline, then a numbered line every 20 ms, forever."""
     sys.stdout.buffer.write(b"x" * 1_000_000)
@@ -72,16 +89,18 @@ def show_env(*argv: str) -> None:
     block()
 
 
-def orphan(seconds: str) -> None:
+def orphan(seconds: str, pidfile: str) -> None:
     """Double-fork a grandchild that lives `seconds` and exits, so it is orphaned; then block.
 
-    The grandchild prints `orphan PID` first, so a test knows which pid to watch.
+    The grandchild writes its pid to `pidfile` first, so a test knows which pid to watch.
     """
     middle = os.fork()
     if middle == 0:
         grandchild = os.fork()
         if grandchild == 0:
-            print("orphan", os.getpid(), flush=True)
+            with open(pidfile + ".tmp", "w") as file:
+                file.write(str(os.getpid()))
+            os.rename(pidfile + ".tmp", pidfile)
             time.sleep(float(seconds))
             os._exit(0)
         os._exit(0)
@@ -93,6 +112,8 @@ KINDS: dict[str, Callable[..., None]] = {
     "block": block,
     "ignore-term": ignore_term,
     "exit": exit_with,
+    "report-signals": report_signals,
+    "kill-self": kill_self,
     "flood": flood,
     "invalid-utf8": invalid_utf8,
     "hold-port": hold_port,

@@ -75,7 +75,7 @@ def make_settings() -> MakeSettings:
     """Return a factory of Settings on free ports with short delays; keywords override."""
 
     def make(**overrides: Any) -> Settings:
-        base = free_port_block(12)
+        base = free_port_block(40)
         values: dict[str, Any] = {
             "workers": 1,
             "worker_command": child("block"),

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
+import socket
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Protocol
 
 import pytest
@@ -155,3 +158,238 @@ async def test_restart_keeps_the_port(
     assert second.pid != first.pid
     assert second.last_exit is not None
     assert second.last_exit.signal == signal.SIGKILL
+
+
+async def test_shutdown_kills_grandchild(
+    make_settings: MakeSettings,
+    run_supervisor: RunSupervisor,
+    child_command: Command,
+    wait_ready: WaitReady,
+    caplog: Logs,
+) -> None:
+    grandchild = " ".join(child_command("ignore-term"))
+    settings = make_settings(worker_command=("sh", "-c", f"{grandchild} & wait"), grace_period=0.5)
+    supervisor = await run_supervisor(settings)
+    await wait_ready(1)
+
+    began = time.monotonic()
+    with caplog.at_level(logging.INFO):
+        await supervisor.shutdown()
+    took = time.monotonic() - began
+
+    # The shell exits at SIGTERM; its child ignores it and lives until the SIGKILL.
+    assert took > 0.4, f"shutdown returned after {took:.2f} s, before the grace period ended"
+    assert "SIGKILL" in caplog.text
+    # The leftover check of the fixture then finds no process of the test.
+
+
+async def test_on_exit_returns_exit_code(
+    make_settings: MakeSettings, run_supervisor: RunSupervisor, child_command: Command
+) -> None:
+    settings = make_settings(
+        workers=2,
+        on_exit="exit",
+        worker_command=child_command("block"),
+        server_command=child_command("exit", "3"),
+    )
+    supervisor = await run_supervisor(settings)
+
+    await asyncio.wait_for(supervisor.wait_stop_requested(), 10.0)
+    assert await supervisor.shutdown() == 3
+    assert states(supervisor) == [ProcessState.STOPPED] * 3
+
+
+@pytest.mark.parametrize(("kind", "status"), [("exit", 0), ("kill-self", 128 + 9)])
+async def test_on_exit_returns_status(
+    *,
+    kind: str,
+    status: int,
+    make_settings: MakeSettings,
+    run_supervisor: RunSupervisor,
+    child_command: Command,
+    caplog: Logs,
+) -> None:
+    argument = "0" if kind == "exit" else "SIGKILL"
+    settings = make_settings(on_exit="exit", worker_command=child_command(kind, argument))
+    with caplog.at_level(logging.INFO):
+        supervisor = await run_supervisor(settings)
+        await asyncio.wait_for(supervisor.wait_stop_requested(), 10.0)
+        assert await supervisor.shutdown() == status
+
+    exits = [record for record in caplog.records if record.message.startswith("process exited")]
+    assert len(exits) == 1
+    if kind == "exit":
+        assert exits[0].levelname == "INFO"
+    else:
+        assert exits[0].levelname == "ERROR"
+        assert "out of memory" in exits[0].message
+
+
+async def test_exit_zero_restarts(
+    make_settings: MakeSettings,
+    run_supervisor: RunSupervisor,
+    child_command: Command,
+    eventually: Eventually,
+) -> None:
+    settings = make_settings(worker_command=child_command("exit", "0"), max_early_exits=2)
+    supervisor = await run_supervisor(settings)
+
+    await eventually(lambda: states(supervisor) == [ProcessState.FAILED], "worker-0 to fail")
+    assert view_of(supervisor, "worker-0").restarts == 1
+
+
+async def test_missing_command_fails_at_once(
+    make_settings: MakeSettings, run_supervisor: RunSupervisor, caplog: Logs, tmp_path: Path
+) -> None:
+    missing = str(tmp_path / "no-such-program")
+    with caplog.at_level(logging.INFO):
+        supervisor = await run_supervisor(make_settings(worker_command=(missing, "{port}")))
+
+    assert states(supervisor) == [ProcessState.FAILED]
+    assert view_of(supervisor, "worker-0").restarts == 0
+    errors = [record for record in caplog.records if record.levelname == "ERROR"]
+    assert len(errors) == 1
+    assert missing in errors[0].message
+    assert "No such file or directory" in errors[0].message
+
+
+async def test_unexecutable_command_fails(
+    make_settings: MakeSettings, run_supervisor: RunSupervisor, caplog: Logs, tmp_path: Path
+) -> None:
+    script = tmp_path / "not-executable"
+    script.write_text("#!/bin/sh\nexit 0\n")
+    with caplog.at_level(logging.INFO):
+        supervisor = await run_supervisor(make_settings(worker_command=(str(script),), on_exit="exit"))
+        await asyncio.wait_for(supervisor.wait_stop_requested(), 10.0)
+
+    assert states(supervisor) == [ProcessState.FAILED]
+    assert "Permission denied" in caplog.text
+    assert await supervisor.shutdown() == 126
+
+
+async def test_busy_port_backs_off(
+    make_settings: MakeSettings,
+    run_supervisor: RunSupervisor,
+    child_command: Command,
+    eventually: Eventually,
+    caplog: Logs,
+) -> None:
+    settings = make_settings(worker_command=child_command("hold-port"), max_early_exits=1)
+    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    holder.bind(("127.0.0.1", settings.base_port))
+    holder.listen()
+    with caplog.at_level(logging.INFO):
+        supervisor = await run_supervisor(settings)
+        await eventually(lambda: caplog.text.count("is not free") >= 2, "two put-off starts")
+        assert states(supervisor) == [ProcessState.BACKOFF]
+        holder.close()
+
+        await eventually(lambda: states(supervisor) == [ProcessState.RUNNING], "the start")
+
+    busy = [record for record in caplog.records if "is not free" in record.message]
+    assert busy[0].levelname == "ERROR"
+    assert f"port={settings.base_port}" in busy[0].message
+    assert "worker=worker-0" in busy[0].message
+    # A busy port is not the process's fault, so it never counts towards giving up.
+    assert view_of(supervisor, "worker-0").restarts == 0
+
+
+async def test_scaling_signals_in_a_row(
+    make_settings: MakeSettings,
+    run_supervisor: RunSupervisor,
+    eventually: Eventually,
+) -> None:
+    settings = make_settings(workers=1)
+    supervisor = await run_supervisor(settings, signals=True)
+
+    os.kill(os.getpid(), signal.SIGTTIN)
+    os.kill(os.getpid(), signal.SIGTTIN)
+    os.kill(os.getpid(), signal.SIGTTOU)
+
+    def names() -> list[str]:
+        return [view.name for view in supervisor.processes()]
+
+    await eventually(lambda: names() == ["worker-0", "worker-1"], "two workers after +2 -1")
+    await eventually(lambda: states(supervisor) == [ProcessState.RUNNING] * 2, "both workers running")
+    assert view_of(supervisor, "worker-1").port == settings.base_port + 1
+
+
+async def test_scaling_down_to_zero(
+    make_settings: MakeSettings, run_supervisor: RunSupervisor, caplog: Logs
+) -> None:
+    supervisor = await run_supervisor(make_settings(workers=1))
+
+    removed = await supervisor.remove_worker()
+    assert removed is not None
+    assert removed.name == "worker-0"
+    assert removed.state is ProcessState.STOPPED
+    assert supervisor.processes() == ()
+
+    with caplog.at_level(logging.INFO):
+        assert await supervisor.remove_worker() is None
+    assert "no worker to remove" in caplog.text
+
+    added = await supervisor.add_worker()
+    assert added is not None
+    assert added.name == "worker-0"
+    assert added.state is ProcessState.RUNNING
+
+
+async def test_stop_signal_during_start(make_settings: MakeSettings, eventually: Eventually) -> None:
+    supervisor = Supervisor(make_settings(workers=30))
+    supervisor.install_signal_handlers()
+    starting = asyncio.create_task(supervisor.start())
+    try:
+        await eventually(lambda: supervisor.processes()[0].pid is not None, "a first spawn")
+        os.kill(os.getpid(), signal.SIGTERM)
+        await asyncio.wait_for(starting, 10.0)
+    finally:
+        status = await supervisor.shutdown()
+
+    assert status == 0
+    never = [view for view in supervisor.processes() if view.started_at is None]
+    assert never, "every worker was spawned despite the stop request"
+    assert all(view.state is ProcessState.STOPPED for view in supervisor.processes())
+
+
+async def test_second_sigterm_kills_at_once(
+    make_settings: MakeSettings,
+    run_supervisor: RunSupervisor,
+    child_command: Command,
+    wait_ready: WaitReady,
+) -> None:
+    settings = make_settings(workers=2, worker_command=child_command("ignore-term"), grace_period=30.0)
+    supervisor = await run_supervisor(settings, signals=True)
+    await wait_ready(2)
+
+    os.kill(os.getpid(), signal.SIGTERM)
+    await asyncio.wait_for(supervisor.wait_stop_requested(), 5.0)
+    began = time.monotonic()
+    stopping = asyncio.create_task(supervisor.shutdown())
+    await asyncio.sleep(0.1)
+    os.kill(os.getpid(), signal.SIGTERM)
+    await asyncio.wait_for(stopping, 5.0)
+
+    assert time.monotonic() - began < 3.0
+    assert all(view.last_exit is not None for view in supervisor.processes())
+
+
+async def test_forwards_sighup_to_all(
+    *,
+    make_settings: MakeSettings,
+    run_supervisor: RunSupervisor,
+    child_command: Command,
+    wait_ready: WaitReady,
+    eventually: Eventually,
+    output: Output,
+) -> None:
+    settings = make_settings(workers=2, worker_command=child_command("report-signals"))
+    await run_supervisor(settings, signals=True)
+    await wait_ready(2)
+
+    os.kill(os.getpid(), signal.SIGHUP)
+    os.kill(os.getpid(), signal.SIGUSR1)
+
+    await eventually(lambda: output.out().count("| got SIG") == 4, "two signals to two workers")
+    assert "worker-0 | got SIGHUP\n" in output.out()
+    assert "worker-1 | got SIGUSR1\n" in output.out()

@@ -102,6 +102,11 @@ class ProcessHandle:
     def pid(self) -> int | None:
         return None if self._process is None else self._process.pid
 
+    @property
+    def group(self) -> int | None:
+        """The process group of the current or last run, while it may still have members."""
+        return self._group
+
     # Life: spawn, wait, decide, back off, again.
 
     def start(self) -> None:
@@ -129,6 +134,7 @@ class ProcessHandle:
         spawn, or None when it must not be spawned again."""
         error = port_error(self.spec.port)
         if error is not None:
+            self._first_attempt.set()
             return self._put_off(error)
 
         outcome = await self._spawn()
@@ -313,7 +319,9 @@ class ProcessHandle:
     def terminate(self) -> None:
         """Stop restarting, and send SIGTERM to the process group if one may be alive."""
         self._stop.set()
-        if self._process is not None:
+        if self._life is None:  # never started: a stop came during start-up
+            self._state = ProcessState.STOPPED
+        elif self._process is not None:
             self._state = ProcessState.STOPPING
         self._signal_group(signal.SIGTERM)
 

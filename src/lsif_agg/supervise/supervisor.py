@@ -12,6 +12,7 @@ from typing import Any
 from lsif_agg.settings import MAX_PORT, Settings
 from lsif_agg.supervise.children import OwnChildren
 from lsif_agg.supervise.handle import ProcessHandle
+from lsif_agg.supervise.orphans import OrphanReaper, is_pid1
 from lsif_agg.supervise.process import ProcessSpec, ProcessView
 from lsif_agg.supervise.specs import server_spec, worker_spec
 
@@ -52,6 +53,7 @@ class Supervisor:
         self._exit_status: int | None = None
         self._signals: asyncio.Queue[signal.Signals] = asyncio.Queue()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._reaper: OrphanReaper | None = None
 
     def _make_handle(self, spec: ProcessSpec) -> ProcessHandle:
         return ProcessHandle(
@@ -72,10 +74,12 @@ class Supervisor:
         for signum in (*STOP_SIGNALS, *FORWARDED_SIGNALS, *SCALE_SIGNALS):
             loop.add_signal_handler(signum, self._signals.put_nowait, signum)
         self._run_task(self._handle_signals())
+        self._start_reaper()
 
     async def start(self) -> None:
         """Spawn the server, then the workers in index order. A stop requested meanwhile
         ends the start-up: the processes not yet spawned are never spawned."""
+        self._start_reaper()
         for handle in self._live_handles():
             if self._stop_requested.is_set():
                 log.info("stop requested during start-up; not spawning the rest")
@@ -86,6 +90,13 @@ class Supervisor:
             "started all processes workers=%d server=%s",
             len(self._workers), self._server is not None,
         )
+
+    def _start_reaper(self) -> None:
+        """As PID 1, start reaping adopted orphans; no other process would."""
+        if is_pid1() and self._reaper is None:
+            self._reaper = OrphanReaper(self._children)
+            self._reaper.start()
+            log.info("running as PID 1; adopted orphans will be reaped")
 
     def processes(self) -> tuple[ProcessView, ...]:
         """Return a snapshot of the live processes: the server first, then workers by index."""
@@ -192,43 +203,58 @@ class Supervisor:
         log.info(
             "stopping %d processes grace_period=%g", len(handles), self._settings.grace_period
         )
-        await self._stop_handles(handles)
+        await self._stop_handles(handles, orphans=self._reaper)
 
-        # The last lines still in the pipes, then the tasks of signals and scaling.
+        # The last lines still in the pipes, then the tasks of signals, scaling and reaping.
         await asyncio.gather(*(handle.drain_output(DRAIN_SECONDS) for handle in handles))
         await self._close()
+        if self._reaper is not None:
+            await self._reaper.stop()
         status = self._exit_status or 0
         log.info("all processes stopped status=%d", status)
         return status
 
-    async def _stop_handles(self, handles: list[ProcessHandle]) -> None:
-        """Stop `handles` together: SIGTERM, a wait up to the grace period, SIGKILL, reap."""
+    async def _stop_handles(
+        self, handles: list[ProcessHandle], *, orphans: OrphanReaper | None = None
+    ) -> None:
+        """Stop `handles`, and the adopted `orphans` if given, together: SIGTERM, a wait up to
+        the grace period, SIGKILL, reap."""
         loop = asyncio.get_running_loop()
 
         # Signal every process group at once, so all stop in parallel under one deadline.
         for handle in handles:
             handle.terminate()
+        if orphans is not None and (count := orphans.signal_adopted(signal.SIGTERM)):
+            log.info("sent SIGTERM to %d adopted orphans", count)
 
         # Wait for the groups to empty, until the deadline or a second stop signal.
         deadline = loop.time() + self._settings.grace_period
-        await self._wait_gone(handles, deadline, forceable=True)
+        await self._wait_gone(handles, orphans, deadline, forceable=True)
 
         # Kill what is left, and wait for it to be reaped.
         left = [handle for handle in handles if not handle.is_done() or handle.has_members()]
         for handle in left:
             log.warning(
-                "process did not stop in time; sending SIGKILL worker=%s pid=%s",
-                handle.spec.name, handle.pid,
+                "process group did not stop within the grace period; sending SIGKILL "
+                "worker=%s pid=%s pgid=%s",
+                handle.spec.name, handle.pid, handle.group,
             )
             handle.kill()
-        await self._wait_gone(left, loop.time() + KILL_WAIT_SECONDS, forceable=False)
+        if orphans is not None and (count := orphans.signal_adopted(signal.SIGKILL)):
+            log.warning("sent SIGKILL to %d adopted orphans that outlived the grace period", count)
+        await self._wait_gone(left, orphans, loop.time() + KILL_WAIT_SECONDS, forceable=False)
         self._log_survivors(left)
 
     async def _wait_gone(
-        self, handles: list[ProcessHandle], deadline: float, *, forceable: bool
+        self,
+        handles: list[ProcessHandle],
+        orphans: OrphanReaper | None,
+        deadline: float,
+        *,
+        forceable: bool,
     ) -> None:
-        """Wait until every handle's process is reaped and its group is empty, or until the
-        deadline, or (if `forceable`) until a second stop signal forces the kill."""
+        """Wait until every handle's process is reaped, its group is empty and no orphan is
+        left, or until the deadline, or (if `forceable`) until a second stop signal."""
         loop = asyncio.get_running_loop()
         forced = self._force_kill.wait() if forceable else None
         await self._wait_any(
@@ -238,7 +264,12 @@ class Supervisor:
         )
 
         # A grandchild that ignores SIGTERM outlives its group's leader.
-        while any(handle.has_members() for handle in handles) and loop.time() < deadline:
+        def is_any_left() -> bool:
+            return any(handle.has_members() for handle in handles) or (
+                orphans is not None and bool(orphans.adopted())
+            )
+
+        while is_any_left() and loop.time() < deadline:
             if forceable and self._force_kill.is_set():
                 return
             await asyncio.sleep(GROUP_POLL_SECONDS)
@@ -248,8 +279,8 @@ class Supervisor:
             if not handle.is_done() or handle.has_members():
                 log.error(
                     "processes survived SIGKILL for %g s; they may be stuck in the kernel "
-                    "worker=%s pid=%s",
-                    KILL_WAIT_SECONDS, handle.spec.name, handle.pid,
+                    "worker=%s pid=%s pgid=%s",
+                    KILL_WAIT_SECONDS, handle.spec.name, handle.pid, handle.group,
                 )
 
     async def _close(self) -> None:
