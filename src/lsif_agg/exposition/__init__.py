@@ -1,4 +1,10 @@
-"""The exposition wing: pure bytes in, bytes out; reads, relabels, merges and renders."""
+"""The exposition wing: pure bytes in, bytes out; reads, relabels, merges and renders.
+
+`merge` reads each target's body once (text 0.0.4 or OpenMetrics 1.0, sniffed when the
+Content-Type is wrong), adds the worker label, keeps a clashing one as exported_worker, regroups
+families, lets the first target win TYPE, HELP and UNIT conflicts and reports them, writes each
+series once and converts timestamps exactly. docs/exposition.md lists every rule.
+"""
 
 from lsif_agg.exposition.merge import merge
 from lsif_agg.exposition.records import (

@@ -2,7 +2,7 @@
 
 A per-line Python loop reads about 2 M lines/s, far from what a scrape of many busy workers
 needs, while `bytes.count` and `bytes.replace` scan gigabytes per second. So a run of sample
-lines of one family is first checked with such whole-run scans; when they prove every line is
+lines of one family is first checked with such whole-run scans. When they prove every line is
 `name{label="value",...} value` or `name value` in canonical form, the worker label goes in with
 `bytes.replace`. Any run that fails a check goes to the general reader in `read.py`, and tests
 prove with hypothesis that both produce the same bytes. prometheus_client's parser is not used
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 # one space, and the whitespace that Python's float() would strip.
 _UNSAFE_IN_BODY = (b"\\", b"\r", b"\t", b"\x0b", b"\x0c")
 
-# A canonical series: no blanks, legacy names, values without escapes, at least one label.
+# A canonical series: no blanks, legacy names, values without escapes, no empty `{}`.
 _CANONICAL_SERIES = re.compile(
     rb'[a-zA-Z_:][a-zA-Z0-9_:]*(?:\{[a-zA-Z_][a-zA-Z0-9_]*="[^"\\\n]*"'
     rb'(?:,[a-zA-Z_][a-zA-Z0-9_]*="[^"\\\n]*")*\})?'

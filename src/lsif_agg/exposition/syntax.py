@@ -10,14 +10,16 @@ import re
 # Names that Prometheus text 0.0.4 and OpenMetrics 1.0 accept without quotes.
 _METRIC_NAME = rb"[a-zA-Z_:][a-zA-Z0-9_:]*"
 _LABEL_NAME = rb"[a-zA-Z_][a-zA-Z0-9_]*"
-_QUOTED = rb'"(?:[^"\\\n]|\\.)*"'
+# Written as an unrolled loop, which Python's re runs many times faster than an alternation.
+_QUOTED_TEXT = rb'[^"\\\n]*(?:\\.[^"\\\n]*)*'
+_QUOTED = rb'"' + _QUOTED_TEXT + rb'"'
 
 # A sample line once its ends are stripped of blanks. The label set is matched quote-aware,
 # so `}`, `{`, `,` and `#` inside a label value never end it. Text 0.0.4 allows blanks between
 # the tokens and none between `}` and the value, and so does this pattern.
 SAMPLE_LINE = re.compile(
     rb"(?P<name>" + _METRIC_NAME + rb")?[ \t]*"
-    rb'(?:\{(?P<labels>(?:[^"{}]|' + _QUOTED + rb")*)\})?[ \t]*"
+    rb'(?:\{(?P<labels>[^"{}]*(?:' + _QUOTED + rb'[^"{}]*)*)\})?[ \t]*'
     rb"(?P<value>[^ \t#{][^ \t]*)"
     rb"(?:[ \t]+(?P<timestamp>[^ \t#][^ \t]*))?[ \t]*"
     rb"(?:#[ \t]*(?P<exemplar>.*))?"
@@ -26,8 +28,8 @@ SAMPLE_LINE = re.compile(
 # One item of a label set: `name="value"`, `"utf-8 name"="value"`, or a quoted metric name
 # with no `=`. The comma after an item is optional only for the last one.
 _LABEL_ITEM = re.compile(
-    rb"[ \t]*(?:(?P<name>" + _LABEL_NAME + rb")|\"(?P<quoted>(?:[^\"\\\n]|\\.)*)\")[ \t]*"
-    rb"(?:=[ \t]*\"(?P<value>(?:[^\"\\\n]|\\.)*)\")?[ \t]*(?P<comma>,|\Z)"
+    rb"[ \t]*(?:(?P<name>" + _LABEL_NAME + rb')|"(?P<quoted>' + _QUOTED_TEXT + rb')")[ \t]*'
+    rb'(?:=[ \t]*"(?P<value>' + _QUOTED_TEXT + rb')")?[ \t]*(?P<comma>,|\Z)'
 )
 
 # The value tokens Prometheus accepts: decimal floats, Inf and NaN in any case. Go's ParseFloat
@@ -176,7 +178,7 @@ def seconds_to_milliseconds(timestamp: bytes, line: int) -> bytes:
 
 
 _EXEMPLAR = re.compile(
-    rb'\{(?P<labels>(?:[^"{}]|' + _QUOTED + rb")*)\}[ \t]*"
+    rb'\{(?P<labels>[^"{}]*(?:' + _QUOTED + rb'[^"{}]*)*)\}[ \t]*'
     rb"(?P<value>[^ \t]+)(?:[ \t]+(?P<timestamp>[^ \t]+))?"
 )
 
@@ -201,7 +203,7 @@ def read_exemplar(text: bytes, line: int) -> bytes:
     return written
 
 
-QUOTED_NAME = re.compile(rb'"((?:[^"\\\n]|\\.)*)"')
+QUOTED_NAME = re.compile(rb'"(' + _QUOTED_TEXT + rb')"')
 _METRIC_NAME_PATTERN = re.compile(_METRIC_NAME)
 
 
