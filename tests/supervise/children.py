@@ -92,7 +92,7 @@ def show_env(*argv: str) -> None:
 def orphan(seconds: str, pidfile: str) -> None:
     """Double-fork a grandchild that lives `seconds` and exits, so it is orphaned; then block.
 
-    The grandchild writes its pid to `pidfile` first, so a test knows which pid to watch.
+    The grandchild writes its pid to `pidfile` first, so a test can find the pid to watch.
     """
     middle = os.fork()
     if middle == 0:

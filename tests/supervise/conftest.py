@@ -206,8 +206,8 @@ def own_zombies() -> list[int]:
 
 @pytest.fixture(autouse=True)
 def no_leftovers(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Mark the environment of every process a test spawns; afterwards fail if one is still
-    alive or a child of the test runner is a zombie. Leftovers are killed either way."""
+    """Mark the environment of every process a test spawns, and fail the test if one is still
+    alive afterwards or a child of the test runner is a zombie. Leftovers are killed."""
     value = uuid.uuid4().hex
     monkeypatch.setenv(MARK_VARIABLE, value)
     mark = f"{MARK_VARIABLE}={value}".encode()

@@ -1,8 +1,8 @@
 """Run a Supervisor as PID 1 of a new PID namespace, for the orphan test.
 
 Run as `unshare --pid --fork --mount-proc python pid1_harness.py LOOP PIDFILE BASE_PORT`.
-One worker double-forks an orphan that exits after 0.3 s; the harness prints `harness: reaped`
-once that orphan is gone, waits for SIGTERM, shuts down and prints what is left in /proc.
+One worker double-forks an orphan that exits after 0.3 s. The harness prints `harness: reaped`
+once that orphan is gone. Then it waits for SIGTERM, shuts down and prints what is left in /proc.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Supervisor tests with real child processes: spawn, output: Output, restart, stop, scale."""
+"""Supervisor tests with real child processes: spawn, output, restart, stop, scale."""
 
 from __future__ import annotations
 
@@ -280,13 +280,13 @@ async def test_busy_port_backs_off(
     holder.listen()
     with caplog.at_level(logging.INFO):
         supervisor = await run_supervisor(settings)
-        await eventually(lambda: caplog.text.count("is not free") >= 2, "two put-off starts")
+        await eventually(lambda: caplog.text.count("cannot bind port") >= 2, "two put-off starts")
         assert states(supervisor) == [ProcessState.BACKOFF]
         holder.close()
 
         await eventually(lambda: states(supervisor) == [ProcessState.RUNNING], "the start")
 
-    busy = [record for record in caplog.records if "is not free" in record.message]
+    busy = [record for record in caplog.records if "cannot bind port" in record.message]
     assert busy[0].levelname == "ERROR"
     assert f"port={settings.base_port}" in busy[0].message
     assert "worker=worker-0" in busy[0].message

@@ -255,8 +255,8 @@ class ProcessHandle:
         self._policy.record_busy_port()
         delay = self._policy.next_delay()
         log.error(
-            "port %d on %s is not free (%s); another program holds it, the start is put off "
-            "worker=%s port=%d",
+            "cannot bind port %d on %s: %s; another program may hold it, so the start is "
+            "retried with backoff worker=%s port=%d",
             self.spec.port, LOOPBACK, error.strerror or error, self.spec.name, self.spec.port,
         )
         return delay

@@ -85,7 +85,9 @@ class OrphanReaper:
             self.sweep()
 
     def sweep(self) -> None:
-        """Reap every zombie child that lsif_agg did not spawn itself."""
+        """Reap every zombie child that the supervisor did not spawn itself."""
+        # NOTE: a child spawned by other code in lsif_agg, outside the supervisor, looks like
+        # an orphan here, and its exit status would be taken from that code.
         for pid, state in list_children():
             if state == "Z" and self._children.may_reap(pid):
                 self._reap(pid)
@@ -93,7 +95,7 @@ class OrphanReaper:
     def _reap(self, pid: int) -> None:
         try:
             _, status = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:  # reaped meanwhile by whoever spawned it
+        except ChildProcessError:  # already reaped since the listing
             return
         log.debug("reaped an adopted orphan pid=%d status=%d", pid, os.waitstatus_to_exitcode(status))
 

@@ -17,7 +17,8 @@ async def forward_lines(reader: asyncio.StreamReader, name: str, stream: Stream)
     """Copy `reader` to lsif_agg's `stream` until end of file, as `<name> | <line>` lines.
 
     Bytes pass through unchanged, so invalid UTF-8 reaches the output as the child wrote it.
-    Reading goes on whatever the content, so the child never blocks on a full pipe.
+    Reading goes on whatever the content, so the child does not block on a full pipe as long
+    as lsif_agg's own stdout and stderr accept the lines.
     """
     prefix = f"{name} | ".encode()
     pending = b""

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 
 class ProcessState(enum.Enum):
-    """Where a process is in its life: spawn, run, back off, give up or stop."""
+    """The stage of a process's life: spawn, run, back off, give up or stop."""
 
     STARTING = "starting"
     RUNNING = "running"
@@ -21,7 +21,7 @@ class ProcessState(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class ExitCause:
-    """How a process ended: an exit code, or the signal that killed it."""
+    """The end of a process: its exit code, or the signal that killed it."""
 
     code: int | None
     signal: int | None

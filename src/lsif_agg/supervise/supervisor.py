@@ -19,8 +19,8 @@ from lsif_agg.supervise.specs import server_spec, worker_spec
 STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
 FORWARDED_SIGNALS = frozenset({signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2})
 SCALE_SIGNALS = frozenset({signal.SIGTTIN, signal.SIGTTOU})
-# After SIGKILL a process dies at once unless it is stuck in the kernel (a hung NFS read, for
-# one); past this bound shutdown returns instead of hanging, and logs what was left.
+# After SIGKILL a process dies at once unless it is stuck in the kernel, in a hung NFS read for
+# example. Past this bound shutdown logs what is left and returns instead of hanging.
 KILL_WAIT_SECONDS = 5.0
 # How often a stop checks whether a process group has emptied after its leader exited: no event
 # tells us when processes that are not our own children exit.
