@@ -51,6 +51,10 @@ def main() -> None:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
 
+    # Labelled series exist only once touched; creating both now keeps the first scrape complete.
+    for outcome in ("succeeded", "failed"):
+        UPLOADS.labels(outcome=outcome)
+
     start_http_server(args.port, addr=args.host)
     print(f"sample worker {args.worker} serving metrics on {args.host}:{args.port}", flush=True)
 

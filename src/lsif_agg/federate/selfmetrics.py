@@ -27,6 +27,7 @@ class TargetFigures:
     """One target's figures from the latest scrape."""
 
     up: bool
+    error: str | None  # the reason token when not up
     duration: float
     samples: int
     body_bytes: int

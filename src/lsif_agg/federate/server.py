@@ -106,6 +106,7 @@ class Federation:
             detail = result.detail or (outcome.detail if outcome is not None else None)
             figures = TargetFigures(
                 up=error is None,
+                error=error,
                 duration=result.duration,
                 samples=outcome.samples if outcome is not None else 0,
                 body_bytes=len(result.body) if result.body is not None else 0,
@@ -131,6 +132,13 @@ class Federation:
     def latest_up(self, label: str) -> bool:
         figures = self._ledger.latest.get(label)
         return figures is not None and figures.up
+
+    def latest_error(self, label: str) -> str:
+        """Return the reason of the target's latest failed scrape, or 'not scraped yet'."""
+        figures = self._ledger.latest.get(label)
+        if figures is None:
+            return "not scraped yet"
+        return figures.error or "up"
 
 
 async def handle_metrics(request: web.Request) -> web.StreamResponse:
@@ -177,10 +185,13 @@ async def handle_ready(request: web.Request) -> web.Response:
     """Return 200 when every process runs and its scrape just now succeeded, else 503 with the reasons."""
     federation = request.app[FEDERATION_KEY]
     views, results = await federation.scrape(federation.default_timeout)
+    # Merging tells a readable exposition from a broken one; the merged body itself is not needed.
+    federation.expose(views, results, OutputFormat.TEXT, keep=None)
+
     not_ready = [f"{view.name}: {view.state.value}" for view in views
                  if view.state is not ProcessState.RUNNING]
-    not_ready += [f"{result.label}: {result.error}" for result in results
-                  if result.error is not None and result.error != "not_running"]
+    not_ready += [f"{view.name}: {federation.latest_error(view.label)}" for view in views
+                  if view.state is ProcessState.RUNNING and not federation.latest_up(view.label)]
     if not_ready:
         return web.Response(status=503, text="lsif_agg is not ready: " + "; ".join(not_ready) + "\n")
     return web.Response(text="lsif_agg is Ready.\n")
