@@ -948,7 +948,7 @@ def test_table_promtool(case: str) -> None:
 def test_table_openmetrics_parser(case: str) -> None:
     body = EXPECTED[case][1].decode()
 
-    families = list(text_string_to_metric_families(body))  # type: ignore[no-untyped-call]
+    families = list(text_string_to_metric_families(body))
 
     samples = sum(len(family.samples) for family in families)
     assert samples == len([line for line in body.splitlines() if not line.startswith("#")])

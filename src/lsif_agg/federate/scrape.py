@@ -16,14 +16,20 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from lsif_agg.exposition import OutputFormat
 from lsif_agg.supervise.process import ProcessView
 
-# Ask targets for OpenMetrics first, as Prometheus does, so exemplars and _created survive; any
-# format that comes back is read.
-TARGET_ACCEPT = (
-    "application/openmetrics-text;version=1.0.0;q=0.9,"
-    "text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
-)
+# Targets are asked for the format the scraper of lsif_agg negotiated, so the common case copies
+# sample lines without converting them: OpenMetrics keeps exemplars and _created for an
+# OpenMetrics client, and text spares a text client the conversion. Any format that comes back
+# is read.
+TARGET_ACCEPT = {
+    OutputFormat.OPENMETRICS: (
+        "application/openmetrics-text;version=1.0.0;q=0.9,"
+        "text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+    ),
+    OutputFormat.TEXT: "text/plain;version=0.0.4;q=0.9,*/*;q=0.1",
+}
 GZIP_MAGIC = b"\x1f\x8b"
 # A worker's whole exposition is held in memory for one scrape; this bounds what one target can take.
 MAX_BODY_BYTES = 256 * 1024 * 1024
@@ -48,36 +54,41 @@ class Scraper:
 
     def __init__(self) -> None:
         self._session: aiohttp.ClientSession | None = None
-        self._in_flight: asyncio.Task[list[ScrapeResult]] | None = None
+        self._in_flight: dict[OutputFormat, asyncio.Task[list[ScrapeResult]]] = {}
 
     async def start(self) -> None:
         # No connection limit: every target is fetched at once. Connections are kept alive
         # between scrapes, so a scrape does not pay a TCP handshake per target.
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60)
         self._session = aiohttp.ClientSession(
-            connector=connector, headers={"Accept": TARGET_ACCEPT, "Accept-Encoding": "gzip"})
+            connector=connector, headers={"Accept-Encoding": "gzip"})
 
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
 
-    async def scrape(self, targets: Sequence[ProcessView], deadline: float) -> list[ScrapeResult]:
-        """Fetch `targets` concurrently, each within `deadline` seconds.
+    async def scrape(self, targets: Sequence[ProcessView], deadline: float,
+                     preferred: OutputFormat) -> list[ScrapeResult]:
+        """Fetch `targets` concurrently, each within `deadline` seconds, in `preferred` format.
 
-        A request that arrives while a fan-out is under way joins it instead of starting
-        another, so two Prometheus replicas scraping together cost one fan-out. The data it
-        gets was fetched after it arrived or at most one fan-out earlier.
+        A request that arrives while a fan-out for the same format is under way joins it
+        instead of starting another, so two Prometheus replicas scraping together cost one
+        fan-out. The data it gets was fetched after it arrived or at most one fan-out earlier.
         """
-        if self._in_flight is None or self._in_flight.done():
-            self._in_flight = asyncio.create_task(self._fan_out(tuple(targets), deadline))
+        in_flight = self._in_flight.get(preferred)
+        if in_flight is None or in_flight.done():
+            in_flight = asyncio.create_task(self._fan_out(tuple(targets), deadline, preferred))
+            self._in_flight[preferred] = in_flight
         # shield: a scraper that hangs up must not cancel the fan-out that others share.
-        return await asyncio.shield(self._in_flight)
+        return await asyncio.shield(in_flight)
 
-    async def _fan_out(self, targets: tuple[ProcessView, ...], deadline: float
-                       ) -> list[ScrapeResult]:
-        return list(await asyncio.gather(*(self._fetch(target, deadline) for target in targets)))
+    async def _fan_out(self, targets: tuple[ProcessView, ...], deadline: float,
+                       preferred: OutputFormat) -> list[ScrapeResult]:
+        accept = TARGET_ACCEPT[preferred]
+        fetches = (self._fetch(target, deadline, accept) for target in targets)
+        return list(await asyncio.gather(*fetches))
 
-    async def _fetch(self, target: ProcessView, deadline: float) -> ScrapeResult:
+    async def _fetch(self, target: ProcessView, deadline: float, accept: str) -> ScrapeResult:
         assert self._session is not None, "Scraper.start() must run before scrape()"
         url = f"http://127.0.0.1:{target.port}/metrics"
         started = time.monotonic()
@@ -88,7 +99,7 @@ class Scraper:
 
         try:
             async with asyncio.timeout(deadline):
-                async with self._session.get(url) as response:
+                async with self._session.get(url, headers={"Accept": accept}) as response:
                     if response.status != 200:
                         return failed("http_status", f"HTTP status {response.status}")
                     body = await _read_body(response)

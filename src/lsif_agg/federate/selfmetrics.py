@@ -147,6 +147,7 @@ class SelfMetrics:
 
     def render(self, output: OutputFormat) -> bytes:
         if output is OutputFormat.OPENMETRICS:
-            return generate_latest_openmetrics(self._registry)
+            body: bytes = generate_latest_openmetrics(self._registry)  # type: ignore[no-untyped-call]
+            return body
         return generate_latest(self._registry)
 

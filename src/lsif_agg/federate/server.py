@@ -40,7 +40,6 @@ ERROR_LOG_INTERVAL = 60.0
 logger = logging.getLogger(__name__)
 
 SUPERVISOR_KEY = web.AppKey("supervisor", Supervisor)
-FEDERATION_KEY = web.AppKey("federation", "Federation")
 
 
 class Federation:
@@ -65,11 +64,12 @@ class Federation:
     async def close(self) -> None:
         await self._scraper.close()
 
-    async def scrape(self, deadline: float) -> tuple[Sequence[ProcessView], list[ScrapeResult]]:
+    async def scrape(self, deadline: float, preferred: OutputFormat
+                     ) -> tuple[Sequence[ProcessView], list[ScrapeResult]]:
         """Scrape every running process; the others count as failed without a request."""
         views = self._supervisor.processes()
         running = [view for view in views if view.state is ProcessState.RUNNING]
-        results = await self._scraper.scrape(running, deadline)
+        results = await self._scraper.scrape(running, deadline, preferred)
         scraped = {result.label for result in results}
         results += [
             ScrapeResult(view.label, None, None, 0.0, "not_running",
@@ -141,6 +141,9 @@ class Federation:
         return figures.error or "up"
 
 
+FEDERATION_KEY = web.AppKey("federation", Federation)
+
+
 async def handle_metrics(request: web.Request) -> web.StreamResponse:
     return await _serve_exposition(request, selectors=())
 
@@ -163,7 +166,7 @@ async def _serve_exposition(request: web.Request, selectors: Sequence[str]
         raise web.HTTPBadRequest(text=f"{error}\n") from None
 
     negotiated = negotiate(request.headers, federation.default_timeout)
-    views, results = await federation.scrape(negotiated.deadline)
+    views, results = await federation.scrape(negotiated.deadline, negotiated.output)
     body = federation.expose(views, results, negotiated.output, keep)
     return _respond(body, negotiated)
 
@@ -184,7 +187,7 @@ async def handle_healthy(request: web.Request) -> web.Response:
 async def handle_ready(request: web.Request) -> web.Response:
     """Return 200 when every process runs and its scrape just now succeeded, else 503 with the reasons."""
     federation = request.app[FEDERATION_KEY]
-    views, results = await federation.scrape(federation.default_timeout)
+    views, results = await federation.scrape(federation.default_timeout, OutputFormat.TEXT)
     # Merging tells a readable exposition from a broken one; the merged body itself is not needed.
     federation.expose(views, results, OutputFormat.TEXT, keep=None)
 
