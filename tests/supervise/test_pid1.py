@@ -55,7 +55,7 @@ def harness_pid(unshare_pid: int) -> int:
 def test_pid1_reaps_orphans(loop: str, tmp_path: Path, make_settings: Callable[..., Settings]) -> None:
     unshare = shutil.which("unshare")
     if os.geteuid() != 0 or unshare is None:
-        pytest.skip("needs root and unshare(1) to create a PID namespace")
+        pytest.fail("this test needs root and unshare(1) (util-linux) to create a PID namespace")
     base_port = make_settings().base_port  # a free block of ports
     command = [
         unshare,

@@ -36,6 +36,8 @@ GZIP_LEVEL = 1
 OPENMETRICS_EOF = b"# EOF\n"
 # Repeated errors of one target are logged at most once per this many seconds.
 ERROR_LOG_INTERVAL = 60.0
+# Refused connections are not logged this soon after a process starts: it may still be binding.
+STARTUP_QUIET_SECONDS = 5.0
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +102,11 @@ class Federation:
                 arrived: list[ScrapeResult], merged: MergeResult) -> None:
         outcomes = {id(result): outcome for result, outcome in zip(arrived, merged.outcomes,
                                                                      strict=True)}
+        # A process that was just spawned has usually not bound its port yet; refusing the
+        # connection then is expected, so it is counted but not logged.
+        now = time.monotonic()
+        is_starting = {view.label: view.running_since is not None
+                       and now - view.running_since < STARTUP_QUIET_SECONDS for view in views}
         for result in results:
             outcome = outcomes.get(id(result))
             error = result.error or (outcome.error if outcome is not None else None)
@@ -112,7 +119,8 @@ class Federation:
                 body_bytes=len(result.body) if result.body is not None else 0,
             )
             self._ledger.record(result.label, figures, error)
-            if error is not None and error != "not_running":
+            if error is not None and error != "not_running" and not (
+                    error == "connection" and is_starting.get(result.label, False)):
                 self._log_error(result.label, error, detail)
 
         for conflict in merged.conflicts:
