@@ -78,5 +78,5 @@ def test_entry_point_as_pid1(tmp_path: Path) -> None:
         if namespace.poll() is None:
             namespace.kill()
             namespace.wait()
-    log = log_path.read_text()
-    assert "all processes stopped status=0" in log, log
+    output = log_path.read_text()
+    assert "all processes stopped status=0" in output, output
