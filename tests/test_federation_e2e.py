@@ -281,3 +281,32 @@ def test_json_log_format(start_lsif_agg: StartLsifAgg) -> None:
     records = [json.loads(line) for line in agg.log().splitlines() if line.startswith("{")]
     assert records, agg.log()
     assert all({"time", "level", "logger", "message"} <= record.keys() for record in records)
+
+
+def test_scaling_signals_followed(start_lsif_agg: StartLsifAgg) -> None:
+    agg = start_lsif_agg(workers=1)
+
+    # The kernel merges a pending signal with a second one of the same kind, so each SIGTTIN is
+    # sent once the previous one has taken effect.
+    agg.process.send_signal(signal.SIGTTIN)
+    wait_for(lambda: "1" in healthz(agg), "worker 1 to be added")
+    agg.process.send_signal(signal.SIGTTIN)
+
+    def two_added() -> str | None:
+        text = agg.metrics()
+        return text if worker_up(text, "1") == 1.0 and worker_up(text, "2") == 1.0 else None
+
+    exposition = wait_for(two_added, "workers 1 and 2 to be added and scraped")
+    assert 'lsif_sample_queue_depth{worker="2"}' in exposition
+    agg.track_children()
+
+    agg.process.send_signal(signal.SIGTTOU)
+
+    def newest_removed() -> bool:
+        return "2" not in healthz(agg)
+
+    wait_for(newest_removed, "worker 2 to be removed")
+    exposition = agg.metrics()
+    assert worker_up(exposition, "2") is None
+    assert 'worker="2"' not in exposition
+    assert worker_up(exposition, "1") == 1.0
