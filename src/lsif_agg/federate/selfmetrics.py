@@ -47,10 +47,15 @@ class ScrapeLedger:
             self.errors[(label, error)] += 1
 
     def forget_except(self, labels: Iterable[str]) -> None:
-        """Drop the latest figures of targets that no longer exist, after scaling down."""
+        """Drop the figures and counters of targets that no longer exist, after scaling down.
+
+        Their series then end, as those of a target that Prometheus no longer discovers do.
+        """
         alive = set(labels)
         for label in [label for label in self.latest if label not in alive]:
             del self.latest[label]
+        for key in [key for key in self.errors if key[0] not in alive]:
+            del self.errors[key]
 
 
 class _SupervisedCollector(Collector):
