@@ -32,7 +32,7 @@ StartLsifAgg = Callable[..., LsifAgg]
 
 
 def node_exporter_command() -> list[str]:
-    # Only cheap collectors, so each scrape answers in milliseconds on any machine.
+    # Only cheap collectors, so that each scrape of a worker takes milliseconds.
     return [require_tool("prometheus-node-exporter"), "--collector.disable-defaults",
             "--collector.cpu", "--collector.meminfo", "--collector.loadavg",
             "--web.listen-address=127.0.0.1:{port}"]

@@ -1,4 +1,4 @@
-"""Negotiation: the format, encoding and deadline that a scrape request asks for."""
+"""Negotiation: the format, encoding and deadline that a scrape request gets."""
 
 from __future__ import annotations
 
