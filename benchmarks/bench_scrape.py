@@ -122,10 +122,11 @@ def parse_options(argv: Sequence[str]) -> Options:
              "JSON only")
     add("--workers", help="comma-separated worker counts N (default 1,4,16,64)")
     add("--samples", help="comma-separated samples per worker S (default 1000,10000)")
-    add("--rounds", type=int, help="interleaved latency rounds per configuration (default 5)")
+    add("--rounds", type=int, help="interleaved latency rounds per configuration (default 3)")
     add("--latency-seconds", type=float,
-        help="latency time budget per configuration, in seconds (default 48)")
-    add("--load-seconds", type=int, help="wrk duration per mode, in seconds (default 10)")
+        help="latency time budget per configuration, in seconds (default 30)")
+    add("--load-seconds", type=int,
+        help="wrk duration per mode, in seconds; modes slower than half of it are not loaded (default 10)")
     add("--prometheus-interval", type=int, help="Prometheus scrape_interval in seconds (default 5)")
     add("--soak-scrapes", type=int, help="scrapes in the memory phase; 0 skips it (default 10000)")
     add("--soak", metavar="NxS", help="configuration of the memory phase (default 16x10000)")
@@ -146,8 +147,8 @@ def parse_options(argv: Sequence[str]) -> Options:
     return Options(
         workers=_int_list(args.workers or ("1,4" if quick else "1,4,16,64"), parser),
         samples=_int_list(args.samples or ("1000" if quick else "1000,10000"), parser),
-        rounds=args.rounds or (2 if quick else 5),
-        latency_seconds=args.latency_seconds or (6.0 if quick else 48.0),
+        rounds=args.rounds or (2 if quick else 3),
+        latency_seconds=args.latency_seconds or (6.0 if quick else 30.0),
         max_requests_per_round=20 if quick else 100,
         load_seconds=args.load_seconds or (2 if quick else 10),
         prometheus_interval=args.prometheus_interval or (1 if quick else 5),
@@ -537,7 +538,7 @@ async def measure_load_floor(session: aiohttp.ClientSession, stack: Stack, secon
             "cpu_seconds": cpu_seconds(stack.worker_processes) - cpu_before}
 
 
-async def wait_for_idle(processes: Sequence[psutil.Process], limit_seconds: float = 120) -> None:
+async def wait_for_idle(processes: Sequence[psutil.Process], limit_seconds: float = 60) -> None:
     """Wait until `processes` use under a tenth of a core, or `limit_seconds` have passed.
 
     wrk stops at its duration, but the server may still be working on the requests wrk dropped.
@@ -573,6 +574,9 @@ async def run_configuration(options: Options, workers: int, samples: int, logs: 
         record_memory(memory, stack)
 
         for mode in MODES:
+            if statistics.median(figures[mode.name].latencies) > options.load_seconds / 2:
+                # A load run shorter than two scrapes measures wrk's cut-off, not a rate.
+                continue
             if mode.system == "floor":
                 figures[mode.name].load = await measure_load_floor(session, stack, options.load_seconds)
             else:
@@ -638,6 +642,9 @@ def machine_facts() -> dict[str, str]:
         "kernel": platform.release(),
         "python": platform.python_version(),
         "prometheus": (prometheus.stdout or prometheus.stderr).splitlines()[0],
+        # Other work may be in progress in the tree, so a dirty commit is marked as such.
+        "lsif_agg": subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
+                                   capture_output=True, text=True, check=False).stdout.strip(),
         "wrk": subprocess.run(["wrk", "-v"], capture_output=True, text=True,
                               check=False).stdout.splitlines()[0],
     }
@@ -676,8 +683,12 @@ def render_table(results: dict[str, Any]) -> str:
                 f"| {configuration['workers']} | {configuration['samples']:,} | {name} "
                 f"| {_median_ms(entry):.2f} | {percentile(latencies, 0.99) * 1000:.2f} "
                 f"| {len(latencies)} | {_server_cpu_ms(configuration, name):.2f} "
-                f"| {entry['load']['requests_per_second']:.1f} |")
+                f"| {_rate(entry['load'])} |")
     return "\n".join(lines)
+
+
+def _rate(load: dict[str, float]) -> str:
+    return f"{load['requests_per_second']:.1f}" if load else "not run"
 
 
 def render_memory(results: dict[str, Any]) -> str:
@@ -750,7 +761,8 @@ def render_results(results: dict[str, Any]) -> str:
     parts = [
         f"Measured {results['finished']} on {machine['cpu']}, {machine['cores']} cores, "
         f"{machine['memory']} RAM, Linux {machine['kernel']}, Python {machine['python']}, "
-        f"{machine['prometheus']}, {machine['wrk'].split(' Copyright')[0]}.",
+        f"{machine['prometheus']}, {machine['wrk'].split(' Copyright')[0]}; lsif_agg at commit "
+        f"{machine['lsif_agg']}.",
         "", f"Command: `.venv/bin/python {options['command']}` "
         f"({options['rounds']} interleaved rounds, {options['latency_seconds']:g} s of latency "
         f"requests per configuration, wrk for {options['load_seconds']} s per mode, Prometheus "
