@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from lsif_agg.exposition import formats
+from lsif_agg.exposition.fast import FastRun
 from lsif_agg.exposition.read import Part, TargetReader, is_openmetrics
 from lsif_agg.exposition.records import (
     Conflict,
@@ -83,13 +84,42 @@ class MergedFamily:
     chunks: list[bytes] = field(default_factory=list)  # sample lines or blocks of them
 
 
+class SeenSeries:
+    """The series written so far under one added label value, to drop repeats.
+
+    A series repeats only under a sample name written before. So a fast-path run whose sample
+    names are all new is added without listing its series, which costs no object per sample;
+    its series are listed with `FastRun.keys` only once a later part uses one of its names.
+    """
+
+    def __init__(self) -> None:
+        self.keys: set[bytes] = set()  # series of every name not in `unlisted`
+        self.names: set[bytes] = set()  # every sample name written
+        self.unlisted: dict[bytes, list[FastRun]] = {}  # runs whose series are not in `keys`
+
+    def is_new(self, names: frozenset[bytes]) -> bool:
+        return self.names.isdisjoint(names)
+
+    def add_unlisted(self, run: FastRun) -> None:
+        self.names.update(run.names)
+        for name in run.names:
+            self.unlisted.setdefault(name, []).append(run)
+
+    def list_names(self, names: set[bytes] | frozenset[bytes]) -> None:
+        """Put the series of every earlier run that has one of these names into `keys`."""
+        self.names.update(names)
+        for name in names:
+            for run in self.unlisted.pop(name, ()):
+                self.keys.update(run.keys())  # a run with several names may come twice
+
+
 class MergedExposition:
     """The merged families, in the order their first sample arrived."""
 
     def __init__(self, output: OutputFormat) -> None:
         self.output = output
         self.families: dict[bytes, MergedFamily] = {}
-        self.seen: dict[str | None, set[bytes]] = {}  # series keys by added label value
+        self.seen: dict[str | None, SeenSeries] = {}  # by added label value
         self.found: dict[Conflict, None] = {}
 
     def add(self, part: Part, label: str | None) -> int:
@@ -105,7 +135,10 @@ class MergedExposition:
             return 0
 
         self.settle_metadata(family, part)
-        return self.add_lines(family, part, self.seen.setdefault(label, set()))
+        seen = self.seen.get(label)
+        if seen is None:
+            seen = self.seen[label] = SeenSeries()
+        return self.add_lines(family, part, seen)
 
     def is_compatible(self, family: MergedFamily, part: Part) -> bool:
         # The first part that reaches a family sets its type. A later part whose target gave
@@ -135,32 +168,44 @@ class MergedExposition:
             elif family.unit != part.unit:
                 self.report(family.name, "unit")
 
-    def add_lines(self, family: MergedFamily, part: Part, seen: set[bytes]) -> int:
+    def add_lines(self, family: MergedFamily, part: Part, seen: SeenSeries) -> int:
         added = 0
-        for keys, content in part.segments:
-            if isinstance(content, bytes) and self.add_block(family, keys, content, seen):
-                added += len(keys)
+        for segment in part.segments:
+            if isinstance(segment, FastRun):
+                added += self.add_run(family, segment, seen)
                 continue
-            lines = content.splitlines(keepends=True) if isinstance(content, bytes) else content
-
-            for key, line in zip(keys, lines, strict=True):
-                if key in seen:
-                    continue  # a series the target repeats: the first one stays
-                seen.add(key)
-                family.chunks.append(line)
-                added += 1
+            if not segment.keys:
+                continue
+            seen.list_names(part.names)
+            added += self.add_each(family, segment.keys, segment.lines, seen)
         return added
 
-    def add_block(
-        self, family: MergedFamily, keys: list[bytes], block: bytes, seen: set[bytes]
-    ) -> bool:
-        """Add a fast-path block whole if none of its series repeats; else return False."""
-        unique = set(keys)
-        if len(unique) != len(keys) or not seen.isdisjoint(unique):
-            return False
-        seen.update(unique)
-        family.chunks.append(block)
-        return True
+    def add_run(self, family: MergedFamily, run: FastRun, seen: SeenSeries) -> int:
+        # The kernel rejects a run that repeats a series, so only earlier parts can share one.
+        if seen.is_new(run.names):
+            seen.add_unlisted(run)
+            family.chunks.append(run.block)
+            return run.count
+
+        seen.list_names(run.names)
+        keys = run.keys()
+        if seen.keys.isdisjoint(keys):
+            seen.keys.update(keys)
+            family.chunks.append(run.block)
+            return run.count
+        return self.add_each(family, keys, run.block.splitlines(keepends=True), seen)
+
+    def add_each(
+        self, family: MergedFamily, keys: list[bytes], lines: list[bytes], seen: SeenSeries
+    ) -> int:
+        added = 0
+        for key, line in zip(keys, lines, strict=True):
+            if key in seen.keys:
+                continue  # a series the target repeats: the first one stays
+            seen.keys.add(key)
+            family.chunks.append(line)
+            added += 1
+        return added
 
     def report(self, family: bytes, kind: str) -> None:
         self.found[Conflict(family.decode(), kind)] = None

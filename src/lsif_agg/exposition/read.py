@@ -38,6 +38,7 @@ class SourceFamily:
     kind: str
     declared: bool  # False when no TYPE line named it; then it is untyped or unknown
     allowed: frozenset[bytes]  # sample names that belong to it
+    allowed_order: tuple[bytes, ...]  # the same names in a fixed order, for the kernel
     help: bytes | None = None
     unit: bytes | None = None
     help_conflict: bool = False
@@ -46,32 +47,42 @@ class SourceFamily:
 
 
 @dataclass(slots=True)
+class LineSegment:
+    """Sample lines from the general reader, each with its series."""
+
+    keys: list[bytes] = field(default_factory=list)  # series without the added label
+    lines: list[bytes] = field(default_factory=list)  # rendered, newline included
+
+
+@dataclass(slots=True)
 class Part:
     """One target's samples of one output family, relabelled and rendered.
 
-    Samples sit in segments of (series keys, lines): a list of single lines from the general
-    reader, or one block of lines from the fast path. `keys` and `lines` are the open segment.
+    Samples sit in segments, in input order: single lines from the general reader, or whole
+    runs from the fast path. `keys` and `lines` belong to the open line segment.
     """
 
     family: bytes  # output family name
     kind: str  # output type
     source: SourceFamily
     names: set[bytes] = field(default_factory=set)  # sample names
-    keys: list[bytes] = field(default_factory=list)  # series without the added label
-    lines: list[bytes] = field(default_factory=list)  # rendered, newline included
-    segments: list[tuple[list[bytes], list[bytes] | bytes]] = field(default_factory=list)
+    keys: list[bytes] = field(default_factory=list)
+    lines: list[bytes] = field(default_factory=list)
+    segments: list[LineSegment | FastRun] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.segments.append((self.keys, self.lines))
+        self.segments.append(LineSegment(self.keys, self.lines))
 
-    def add_block(self, run: FastRun) -> None:
+    def add_run(self, run: FastRun) -> None:
         self.names.update(run.names)
-        self.segments.append((run.keys, run.block))
+        if not self.keys:
+            self.segments.pop()  # the open line segment is empty
+        self.segments.append(run)
         self.keys, self.lines = [], []
-        self.segments.append((self.keys, self.lines))
+        self.segments.append(LineSegment(self.keys, self.lines))
 
     def is_empty(self) -> bool:
-        return not any(keys for keys, _ in self.segments)
+        return not any(isinstance(segment, FastRun) or segment.keys for segment in self.segments)
 
     @property
     def declared(self) -> bool:
@@ -156,9 +167,7 @@ class TargetReader:
     def can_use_fast_path(self, body: bytes) -> bool:
         # The fast path copies lines as they are, so it cannot convert between formats, and
         # the series filter needs every sample's labels decoded.
-        if not self.use_fast_path or self.keep is not None or self.source is not self.output:
-            return False
-        return fast.is_fast_body(body)
+        return self.use_fast_path and self.keep is None and self.source is self.output
 
     def read_runs(self, body: bytes) -> tuple[bool, int]:
         """Read comment lines one by one and each run of lines between them in one go."""
@@ -170,25 +179,36 @@ class TargetReader:
                 end = body.find(b"\n#", position) + 1 or len(body)
             chunk = body[position:end]
 
-            if not self.read_run(chunk):
+            lines = self.read_run(chunk)
+            if lines:
+                number += lines
+            else:
                 finished, number = self.read_lines(chunk, number)
                 if finished:
                     return True, number
-            else:
-                number += chunk.count(b"\n")
             position = end
         return False, number
 
-    def read_run(self, run: bytes) -> bool:
+    def read_run(self, run: bytes) -> int:
+        """Relabel a run of sample lines in the kernel; return its newline count, 0 if rejected.
+
+        Only the last run of a body can lack a final newline, and a one-line run without one
+        returns 0 and is read line by line, so that the line numbers stay those of read_lines.
+        """
         first = syntax.NAME_AT_START.match(run)
         if first is None:
-            return False
+            return 0
         family = self.family_for(first.group())
-        relabelled = fast.relabel_run(run, family.allowed, self.added_label, self.label_name)
+        openmetrics = self.source is OutputFormat.OPENMETRICS
+        relabelled = fast.relabel_run(
+            run, family.allowed_order, self.added_label, self.label_name, openmetrics
+        )
         if relabelled is None:
-            return False
-        self.part_for(family, first.group()).add_block(relabelled)
-        return True
+            return 0
+        lines = relabelled.count if run.endswith(b"\n") else relabelled.count - 1
+        if lines:
+            self.part_for(family, first.group()).add_run(relabelled)
+        return lines
 
     def read_lines(self, body: bytes, first_line: int) -> tuple[bool, int]:
         """Read line by line; return whether `# EOF` ended the body, and the last line number."""
@@ -279,7 +299,7 @@ class TargetReader:
     def add_family(
         self, name: bytes, kind: str, *, declared: bool, previous: SourceFamily | None = None
     ) -> SourceFamily:
-        family = SourceFamily(name, kind, declared, frozenset())
+        family = SourceFamily(name, kind, declared, frozenset(), ())
         if previous is not None and not previous.parts:
             family.help, family.unit = previous.help, previous.unit  # HELP came before TYPE
         self.families[name] = family
@@ -290,6 +310,7 @@ class TargetReader:
         family.kind = kind
         family.declared = declared
         family.allowed = formats.sample_names(self.source, kind, family.name)
+        family.allowed_order = tuple(sorted(family.allowed))
         for sample_name in family.allowed:
             self.by_sample[sample_name] = family
 

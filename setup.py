@@ -1,0 +1,13 @@
+"""Build the compiled fast-path kernel. The rest of the package is described in pyproject.toml."""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension(
+            "lsif_agg.exposition._relabel",
+            ["src/lsif_agg/exposition/_relabel.c"],
+            extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Werror=implicit"],
+        )
+    ]
+)

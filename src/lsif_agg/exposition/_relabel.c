@@ -1,0 +1,576 @@
+/* The compiled kernel of the fast path: check a run of sample lines of one family and add the
+ * worker label to each, without making a Python object per line.
+ *
+ * It accepts only lines that the general reader in read.py would write back unchanged apart
+ * from the added label, and returns None for anything else, so that the general reader handles
+ * that run. A line is accepted when it is
+ *
+ *     name[{label="value",...}] value[ timestamp]\n
+ *
+ * The metric name is a legacy name and one of the family's sample names. The label set is not
+ * empty, and its legacy label names are each given once. Label values contain no escapes but
+ * \\, \" and \n. The value and the timestamp are as syntax.py accepts them, and single blanks
+ * separate the tokens. An exemplar, a label named like the added one, blank lines, `{}`, a
+ * trailing comma and a series repeated within the run are all left to the general reader.
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+/* Far above what client libraries write. A line with more labels goes to the general reader. */
+#define MAX_LABELS 64
+/* As syntax._MAX_TIMESTAMP_LENGTH. */
+#define MAX_TIMESTAMP_LENGTH 64
+/* A histogram or summary family has at most four sample names, and the mask has room for eight. */
+#define MAX_ALLOWED 8
+
+enum {
+    METRIC_START = 1, /* [a-zA-Z_:] */
+    METRIC_REST = 2,  /* [a-zA-Z0-9_:] */
+    LABEL_START = 4,  /* [a-zA-Z_] */
+    LABEL_REST = 8,   /* [a-zA-Z0-9_] */
+    DIGIT = 16,       /* [0-9] */
+    VALUE_STOP = 32,  /* `"`, `\` or a newline, which end the plain part of a label value */
+};
+
+static unsigned char classes[256];
+
+static void
+fill_classes(void)
+{
+    for (int c = 0; c < 256; c++) {
+        unsigned char class = 0;
+        int letter = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_';
+        int digit = c >= '0' && c <= '9';
+        if (letter || c == ':')
+            class |= METRIC_START | METRIC_REST;
+        if (digit)
+            class |= METRIC_REST | LABEL_REST | DIGIT;
+        if (letter)
+            class |= LABEL_START | LABEL_REST;
+        if (c == '"' || c == '\\' || c == '\n')
+            class |= VALUE_STOP;
+        classes[c] = class;
+    }
+}
+
+#define IS(c, class) (classes[(unsigned char)(c)] & (class))
+
+/* Where one accepted line's parts end, as offsets into the run. */
+typedef struct {
+    Py_ssize_t start;
+    Py_ssize_t name_end; /* the byte after the metric name: `{` or the blank */
+    Py_ssize_t key_end;  /* the byte after the series: after `}`, or name_end */
+    Py_ssize_t end;      /* the newline, or the end of a run without a final newline */
+    uint64_t hash;       /* of the series bytes, for finding repeats */
+} Line;
+
+typedef struct {
+    const char *names[MAX_ALLOWED];
+    Py_ssize_t lengths[MAX_ALLOWED];
+    int count;
+    const char *clashing; /* the added label's name, or NULL when no label is added */
+    Py_ssize_t clashing_length;
+    int openmetrics;
+} Rules;
+
+static int
+lower(char c)
+{
+    return (c >= 'A' && c <= 'Z') ? c + ('a' - 'A') : c;
+}
+
+static int
+equals_folded(const char *s, const char *e, const char *word)
+{
+    Py_ssize_t n = (Py_ssize_t)strlen(word);
+    if (e - s != n)
+        return 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (lower(s[i]) != word[i])
+            return 0;
+    }
+    return 1;
+}
+
+/* [0-9]+\.?[0-9]*|\.[0-9]+ followed by an optional [eE][+-]?[0-9]+, to the end. */
+static int
+is_decimal(const char *s, const char *e)
+{
+    Py_ssize_t whole = 0, fraction = 0;
+    while (s < e && IS(*s, DIGIT)) {
+        s++;
+        whole++;
+    }
+    if (s < e && *s == '.') {
+        s++;
+        while (s < e && IS(*s, DIGIT)) {
+            s++;
+            fraction++;
+        }
+    }
+    if (whole == 0 && fraction == 0)
+        return 0;
+
+    if (s < e && (*s == 'e' || *s == 'E')) {
+        s++;
+        if (s < e && (*s == '+' || *s == '-'))
+            s++;
+        if (s == e || !IS(*s, DIGIT))
+            return 0;
+        while (s < e && IS(*s, DIGIT))
+            s++;
+    }
+    return s == e;
+}
+
+/* As syntax._VALUE: a signed decimal or Inf/Infinity in any case, or an unsigned NaN. */
+static int
+is_value(const char *s, const char *e)
+{
+    if (equals_folded(s, e, "nan"))
+        return 1;
+    if (s < e && (*s == '+' || *s == '-'))
+        s++;
+    if (s < e && (*s == 'i' || *s == 'I'))
+        return equals_folded(s, e, "inf") || equals_folded(s, e, "infinity");
+    return is_decimal(s, e);
+}
+
+/* As syntax._TEXT_TIMESTAMP and _OPENMETRICS_TIMESTAMP. */
+static int
+is_timestamp(const char *s, const char *e, int openmetrics)
+{
+    if (e - s > MAX_TIMESTAMP_LENGTH)
+        return 0;
+    if (s < e && (*s == '+' || *s == '-'))
+        s++;
+    if (openmetrics)
+        return is_decimal(s, e);
+
+    Py_ssize_t digits = e - s;
+    if (digits < 1 || digits > 19)
+        return 0;
+    for (; s < e; s++) {
+        if (!IS(*s, DIGIT))
+            return 0;
+    }
+    return 1;
+}
+
+static int
+find_allowed(const Rules *rules, const char *name, Py_ssize_t length)
+{
+    for (int i = 0; i < rules->count; i++) {
+        if (rules->lengths[i] == length && memcmp(rules->names[i], name, (size_t)length) == 0)
+            return i;
+    }
+    return -1;
+}
+
+/* Read the label set after `{` up to and including `}`; return the byte after it, or NULL. */
+static const char *
+scan_labels(const char *p, const char *e, const Rules *rules)
+{
+    const char *names[MAX_LABELS];
+    Py_ssize_t lengths[MAX_LABELS];
+    int count = 0;
+
+    for (;;) {
+        /* The label name: legacy alphabet, not the added label's, not given before. */
+        const char *name = p;
+        if (p >= e || !IS(*p, LABEL_START))
+            return NULL;
+        p++;
+        while (p < e && IS(*p, LABEL_REST))
+            p++;
+        Py_ssize_t length = p - name;
+        if (rules->clashing != NULL && length == rules->clashing_length &&
+            memcmp(name, rules->clashing, (size_t)length) == 0)
+            return NULL;
+        if (count == MAX_LABELS)
+            return NULL;
+        for (int i = 0; i < count; i++) {
+            if (lengths[i] == length && memcmp(names[i], name, (size_t)length) == 0)
+                return NULL;
+        }
+        names[count] = name;
+        lengths[count] = length;
+        count++;
+
+        /* The quoted value, with only the escapes that are written back unchanged. */
+        if (e - p < 2 || p[0] != '=' || p[1] != '"')
+            return NULL;
+        p += 2;
+        for (;;) {
+            while (p < e && !IS(*p, VALUE_STOP))
+                p++;
+            if (p >= e || *p == '\n')
+                return NULL;
+            if (*p == '"')
+                break;
+            if (e - p < 2 || (p[1] != '\\' && p[1] != '"' && p[1] != 'n'))
+                return NULL;
+            p += 2;
+        }
+        p++;
+
+        if (p >= e)
+            return NULL;
+        if (*p == '}')
+            return p + 1;
+        if (*p != ',')
+            return NULL;
+        p++;
+    }
+}
+
+/* Check one line that starts at `start`; fill `line` and return the allowed name's index,
+ * or -1 when the general reader must read it. */
+static int
+scan_line(const char *run, Py_ssize_t start, Py_ssize_t size, const Rules *rules, Line *line)
+{
+    const char *p = run + start, *e = run + size;
+
+    const char *name = p;
+    if (p >= e || !IS(*p, METRIC_START))
+        return -1;
+    p++;
+    while (p < e && IS(*p, METRIC_REST))
+        p++;
+    int allowed = find_allowed(rules, name, p - name);
+    if (allowed < 0)
+        return -1;
+    line->start = start;
+    line->name_end = p - run;
+
+    if (p < e && *p == '{') {
+        p = scan_labels(p + 1, e, rules);
+        if (p == NULL)
+            return -1;
+    }
+    line->key_end = p - run;
+
+    /* The value, then an optional timestamp, each after one blank. */
+    if (p >= e || *p != ' ')
+        return -1;
+    const char *value = ++p;
+    while (p < e && *p != ' ' && *p != '\n')
+        p++;
+    if (!is_value(value, p))
+        return -1;
+    if (p < e && *p == ' ') {
+        const char *timestamp = ++p;
+        while (p < e && *p != ' ' && *p != '\n')
+            p++;
+        if (!is_timestamp(timestamp, p, rules->openmetrics))
+            return -1;
+    }
+    if (p < e && *p != '\n')
+        return -1; /* an exemplar or a trailing blank */
+    line->end = p - run;
+    return allowed;
+}
+
+static uint64_t
+hash_bytes(const char *s, Py_ssize_t n)
+{
+    uint64_t hash = 0x9e3779b97f4a7c15ULL ^ (uint64_t)n;
+    while (n >= 8) {
+        uint64_t word;
+        memcpy(&word, s, 8);
+        hash = (hash ^ word) * 0xff51afd7ed558ccdULL;
+        hash ^= hash >> 32;
+        s += 8;
+        n -= 8;
+    }
+    uint64_t word = 0;
+    memcpy(&word, s, (size_t)n);
+    hash = (hash ^ word) * 0xc4ceb9fe1a85ec53ULL;
+    return hash ^ (hash >> 29);
+}
+
+/* Return 1 when two lines of the run have the same series, 0 when none do, -1 on no memory. */
+static int
+has_repeats(const char *run, Line *lines, Py_ssize_t count)
+{
+    if (count < 2)
+        return 0;
+    size_t slots = 4;
+    while (slots < (size_t)count * 2)
+        slots <<= 1;
+    Py_ssize_t *table = PyMem_Malloc(slots * sizeof(Py_ssize_t));
+    if (table == NULL)
+        return -1;
+    memset(table, 0xff, slots * sizeof(Py_ssize_t)); /* -1: an empty slot */
+
+    int repeated = 0;
+    for (Py_ssize_t i = 0; i < count && !repeated; i++) {
+        Line *line = &lines[i];
+        Py_ssize_t length = line->key_end - line->start;
+        line->hash = hash_bytes(run + line->start, length);
+        size_t slot = (size_t)line->hash & (slots - 1);
+        while (table[slot] >= 0) {
+            Line *other = &lines[table[slot]];
+            if (other->hash == line->hash && other->key_end - other->start == length &&
+                memcmp(run + other->start, run + line->start, (size_t)length) == 0) {
+                repeated = 1;
+                break;
+            }
+            slot = (slot + 1) & (slots - 1);
+        }
+        table[slot] = i;
+    }
+    PyMem_Free(table);
+    return repeated;
+}
+
+/* Scan every line of the run into `*lines_out` (freed by the caller); return the line count,
+ * -1 when a line needs the general reader, or -2 with an exception set. */
+static Py_ssize_t
+scan_run(const char *run, Py_ssize_t size, const Rules *rules, Line **lines_out,
+         unsigned int *names_seen)
+{
+    Py_ssize_t count = 0;
+    for (const char *p = run; (p = memchr(p, '\n', (size_t)(run + size - p))) != NULL; p++)
+        count++;
+    if (size > 0 && run[size - 1] != '\n')
+        count++;
+
+    Line *lines = PyMem_Malloc((size_t)(count ? count : 1) * sizeof(Line));
+    if (lines == NULL) {
+        PyErr_NoMemory();
+        return -2;
+    }
+    *lines_out = lines;
+
+    Py_ssize_t position = 0;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        int allowed = scan_line(run, position, size, rules, &lines[i]);
+        if (allowed < 0)
+            return -1;
+        *names_seen |= 1u << allowed;
+        position = lines[i].end + 1;
+    }
+    return count;
+}
+
+static int
+read_rules(Rules *rules, PyObject *allowed, PyObject *clashing, int openmetrics)
+{
+    Py_ssize_t count = PyTuple_GET_SIZE(allowed);
+    if (count > MAX_ALLOWED) {
+        PyErr_Format(PyExc_ValueError, "at most %d sample names are supported, got %zd",
+                     MAX_ALLOWED, count);
+        return -1;
+    }
+    rules->count = (int)count;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *name = PyTuple_GET_ITEM(allowed, i);
+        if (!PyBytes_Check(name)) {
+            PyErr_SetString(PyExc_TypeError, "sample names must be bytes");
+            return -1;
+        }
+        rules->names[i] = PyBytes_AS_STRING(name);
+        rules->lengths[i] = PyBytes_GET_SIZE(name);
+    }
+
+    rules->clashing = NULL;
+    rules->clashing_length = 0;
+    if (clashing != Py_None) {
+        if (!PyBytes_Check(clashing)) {
+            PyErr_SetString(PyExc_TypeError, "label_name must be bytes or None");
+            return -1;
+        }
+        rules->clashing = PyBytes_AS_STRING(clashing);
+        rules->clashing_length = PyBytes_GET_SIZE(clashing);
+    }
+    rules->openmetrics = openmetrics;
+    return 0;
+}
+
+/* Write each line with the added label first in its label set. */
+static PyObject *
+write_relabelled(const char *run, const Line *lines, Py_ssize_t count, const char *added,
+                 Py_ssize_t added_length)
+{
+    Py_ssize_t size = 0;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        const Line *line = &lines[i];
+        size += line->end - line->start + 1 + added_length;
+        size += line->key_end == line->name_end ? 2 : 1; /* `{` and `}`, or `,` */
+    }
+    PyObject *block = PyBytes_FromStringAndSize(NULL, size);
+    if (block == NULL)
+        return NULL;
+
+    char *out = PyBytes_AS_STRING(block);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        const Line *line = &lines[i];
+        Py_ssize_t name_length = line->name_end - line->start;
+        memcpy(out, run + line->start, (size_t)name_length);
+        out += name_length;
+        *out++ = '{';
+        memcpy(out, added, (size_t)added_length);
+        out += added_length;
+        if (line->key_end == line->name_end) {
+            *out++ = '}';
+        }
+        else {
+            *out++ = ',';
+            name_length++; /* the `{` is already written */
+        }
+        Py_ssize_t rest = line->end - line->start - name_length;
+        memcpy(out, run + line->start + name_length, (size_t)rest);
+        out += rest;
+        *out++ = '\n';
+    }
+    return block;
+}
+
+static PyObject *
+write_unchanged(PyObject *run_object, const char *run, Py_ssize_t size)
+{
+    if (size > 0 && run[size - 1] == '\n') {
+        Py_INCREF(run_object);
+        return run_object;
+    }
+    PyObject *block = PyBytes_FromStringAndSize(NULL, size + 1);
+    if (block == NULL)
+        return NULL;
+    memcpy(PyBytes_AS_STRING(block), run, (size_t)size);
+    PyBytes_AS_STRING(block)[size] = '\n';
+    return block;
+}
+
+PyDoc_STRVAR(relabel_run_doc,
+"relabel_run(run, allowed, added_label, label_name, openmetrics, /)\n--\n\n"
+"Check a run of sample lines of one family and add the label to each line.\n\n"
+"Return (block, lines, mask) where mask has bit i set when allowed[i] occurs, or None\n"
+"when a line is not canonical or a series repeats; then the general reader must read the\n"
+"run. added_label is the whole `name=\"value\"` item, or None to add nothing.");
+
+static PyObject *
+relabel_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 5) {
+        PyErr_Format(PyExc_TypeError, "relabel_run takes 5 arguments, got %zd", nargs);
+        return NULL;
+    }
+    PyObject *run_object = args[0], *allowed = args[1], *added = args[2];
+    if (!PyBytes_Check(run_object) || !PyTuple_Check(allowed) ||
+        (added != Py_None && !PyBytes_Check(added))) {
+        PyErr_SetString(PyExc_TypeError, "expected (bytes, tuple, bytes | None, ...)");
+        return NULL;
+    }
+    int openmetrics = PyObject_IsTrue(args[4]);
+    if (openmetrics < 0)
+        return NULL;
+    Rules rules;
+    if (read_rules(&rules, allowed, added == Py_None ? Py_None : args[3], openmetrics) < 0)
+        return NULL;
+
+    const char *run = PyBytes_AS_STRING(run_object);
+    Py_ssize_t size = PyBytes_GET_SIZE(run_object);
+    Line *lines = NULL;
+    unsigned int names_seen = 0;
+    Py_ssize_t count = scan_run(run, size, &rules, &lines, &names_seen);
+    if (count == -2)
+        return NULL;
+
+    PyObject *result = NULL;
+    int repeated = count < 0 ? 1 : has_repeats(run, lines, count);
+    if (repeated < 0) {
+        PyErr_NoMemory();
+    }
+    else if (repeated || count == 0) {
+        result = Py_NewRef(Py_None);
+    }
+    else {
+        PyObject *block = added == Py_None
+            ? write_unchanged(run_object, run, size)
+            : write_relabelled(run, lines, count, PyBytes_AS_STRING(added),
+                               PyBytes_GET_SIZE(added));
+        if (block != NULL)
+            result = Py_BuildValue("(NnI)", block, count, names_seen);
+    }
+    PyMem_Free(lines);
+    return result;
+}
+
+PyDoc_STRVAR(series_keys_doc,
+"series_keys(run, openmetrics, /)\n--\n\n"
+"Return each line's series (name and label set, without the added label) of a run that\n"
+"relabel_run accepted with added_label None. Raise ValueError for any other run.");
+
+static PyObject *
+series_keys(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 2 || !PyBytes_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "series_keys takes (bytes, bool)");
+        return NULL;
+    }
+    int openmetrics = PyObject_IsTrue(args[1]);
+    if (openmetrics < 0)
+        return NULL;
+
+    /* Any name that scans as a metric name is allowed here, because relabel_run checked the
+     * run against its family already. */
+    const char *run = PyBytes_AS_STRING(args[0]);
+    Py_ssize_t size = PyBytes_GET_SIZE(args[0]);
+    PyObject *keys = PyList_New(0);
+    if (keys == NULL)
+        return NULL;
+
+    Rules rules = {.count = 1, .clashing = NULL, .openmetrics = openmetrics};
+    Py_ssize_t position = 0;
+    while (position < size) {
+        const char *p = run + position;
+        while (p < run + size && IS(*p, METRIC_REST))
+            p++;
+        rules.names[0] = run + position;
+        rules.lengths[0] = p - (run + position);
+
+        Line line;
+        PyObject *key;
+        if (scan_line(run, position, size, &rules, &line) < 0) {
+            PyErr_SetString(PyExc_ValueError, "series_keys got a run relabel_run rejects");
+            Py_DECREF(keys);
+            return NULL;
+        }
+        key = PyBytes_FromStringAndSize(run + line.start, line.key_end - line.start);
+        if (key == NULL || PyList_Append(keys, key) < 0) {
+            Py_XDECREF(key);
+            Py_DECREF(keys);
+            return NULL;
+        }
+        Py_DECREF(key);
+        position = line.end + 1;
+    }
+    return keys;
+}
+
+static PyMethodDef methods[] = {
+    {"relabel_run", (PyCFunction)(void (*)(void))relabel_run, METH_FASTCALL, relabel_run_doc},
+    {"series_keys", (PyCFunction)(void (*)(void))series_keys, METH_FASTCALL, series_keys_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module_definition = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "lsif_agg.exposition._relabel",
+    .m_doc = "The compiled kernel of the exposition fast path.",
+    .m_size = 0,
+    .m_methods = methods,
+};
+
+PyMODINIT_FUNC
+PyInit__relabel(void)
+{
+    fill_classes();
+    return PyModuleDef_Init(&module_definition);
+}

@@ -1,0 +1,284 @@
+"""The compiled kernel of the fast path: it writes the same bytes as the general reader, takes
+the clean input it is meant for, rejects what it must leave to the general reader, and never
+crashes on mutated bodies.
+"""
+
+import random
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from unittest import mock
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lsif_agg.exposition import MergeResult, OutputFormat, TargetBody, _relabel, fast
+from lsif_agg.exposition.merge import merge_targets
+
+TEXT = "text/plain; version=0.0.4"
+OPENMETRICS = "application/openmetrics-text; version=1.0.0"
+FORMATS = {OutputFormat.TEXT: TEXT, OutputFormat.OPENMETRICS: OPENMETRICS}
+
+# Label values that end a label set, a line or a token in a scanner that is not quote-aware.
+ADVERSARIAL_VALUES = [
+    "", "x", "}", ",", "#", "{", '\\"', "\\\\", " ", "a b", 'worker=\\"w\\"', ",worker=",
+    "\\n", "} 1", "# {a=\\\"b\\\"} 1", "é", "\\t", "\\", "tab\there",
+]
+VALUES = [
+    "1", "-0", "+0", "NaN", "nan", "+Inf", "-inf", "Infinity", "1e-320", "2.5", ".5", "1.",
+    "1e3", "1E+3", "0x1p3", "1_0", "+nan", "-NaN", "inf1", ".", "", "1e", "--1",
+]
+TIMESTAMPS = [
+    "", " 1700000000123", " -1", " +5", " 1700000000.123", " 1.5e3", " 12345678901234567890",
+    " 1_0", " 0x10", " .5", " " + "1" * 70,
+]
+
+
+def merge_both(targets: list[TargetBody], output: OutputFormat) -> tuple[MergeResult, MergeResult]:
+    fast_result = merge_targets(targets, output, label_name="worker", keep=None, use_fast_path=True)
+    general = merge_targets(targets, output, label_name="worker", keep=None, use_fast_path=False)
+    return fast_result, general
+
+
+@contextmanager
+def counting_kernel() -> Iterator[Counter[str]]:
+    """Count the runs the kernel accepts and rejects while the block runs."""
+    counts: Counter[str] = Counter()
+    relabel_run = fast.relabel_run
+
+    def counted(*args: object) -> fast.FastRun | None:
+        run = relabel_run(*args)  # type: ignore[arg-type]
+        counts["accepted" if run is not None else "rejected"] += 1
+        return run
+
+    with mock.patch.object(fast, "relabel_run", counted):
+        yield counts
+
+
+def write_labels(pairs: list[tuple[str, str]]) -> str:
+    return ",".join(f'{name}="{value}"' for name, value in pairs)
+
+
+@st.composite
+def clean_lines(draw: st.DrawFn, openmetrics: bool) -> str:
+    """Draw a line of a gauge family `g` the kernel should accept most of the time."""
+    # Mostly `g` with a numbered label, so that few runs mix families or repeat a series.
+    name = draw(st.sampled_from(["g"] * 9 + ["h"]))
+    names = draw(st.lists(st.sampled_from(["a", "b", "le", "exported_worker"]), max_size=3, unique=True))
+    values = st.sampled_from(["1", "x y", "}{", ",#", 'q\\"', "\\\\", "\\n", ""])
+    pairs = [("n", str(draw(st.integers(0, 10**6))))] + [(label, draw(values)) for label in names]
+    labels = "{" + write_labels(pairs) + "}" if pairs else ""
+    value = draw(st.sampled_from(["1", "-0", "NaN", "+Inf", "1e-320", "2.5"]))
+    stamp = draw(st.sampled_from(["", " 1700000000.5" if openmetrics else " 1700000000123"]))
+    return f"{name}{labels} {value}{stamp}"
+
+
+def mostly(usual: str, others: list[str]) -> st.SearchStrategy[str]:
+    """Draw `usual` three times in four, so that most lines break at most one rule."""
+    return st.one_of(st.just(usual), st.just(usual), st.just(usual), st.sampled_from(others))
+
+
+@st.composite
+def adversarial_lines(draw: st.DrawFn) -> str:
+    """Draw a line near the edge of what the kernel accepts."""
+    name = draw(mostly("g", ["h", "g_total", '{"g"', "g ", "worker"]))
+    names = mostly("n", ["a", "b", "worker", "exported_worker", "1a", '"a.b"'])
+    values = st.sampled_from(ADVERSARIAL_VALUES)
+    pairs = draw(st.lists(st.tuples(names, values), max_size=3))
+    pairs.append(("i", str(draw(st.integers(0, 10**6)))))
+    labels = draw(mostly(",", [", ", ",,"])).join(f'{label}="{value}"' for label, value in pairs)
+    braces = draw(mostly("{}", ["{},", "{ }", "{", "}"]))
+    written = name + braces[0] + labels + braces[1:]
+    written += draw(mostly(" ", ["  ", "\t", ""])) + draw(mostly("1", VALUES))
+    written += draw(mostly("", TIMESTAMPS))
+    written += draw(mostly("", [" # {t=\"1\"} 1", " #", " ", "\r"]))
+    cut = draw(st.integers(0, len(written)))
+    return written[:cut] if draw(st.integers(0, 9)) == 0 else written
+
+
+@st.composite
+def bodies(draw: st.DrawFn, lines: st.SearchStrategy[str], openmetrics: bool) -> bytes:
+    header = draw(st.sampled_from(["", "# TYPE g gauge\n", "# HELP g Help.\n# TYPE g gauge\n"]))
+    drawn = draw(st.lists(lines, min_size=1, max_size=8))
+    middle = draw(st.sampled_from(["", "# TYPE h gauge\n", "# a comment\n", "\n"]))
+    cut = draw(st.integers(0, len(drawn)))
+    body = header + "".join(line + "\n" for line in drawn[:cut]) + middle
+    body += "".join(line + "\n" for line in drawn[cut:])
+    if openmetrics:
+        body += "# EOF\n"
+    elif draw(st.booleans()):
+        body = body.rstrip("\n")
+    return body.encode()
+
+
+def targets_for(drawn: list[tuple[bytes, str | None]], output: OutputFormat) -> list[TargetBody]:
+    return [TargetBody(label, body, FORMATS[output]) for body, label in drawn]
+
+
+LABELS = st.sampled_from(["0", "1", "0", None, 'a"b\\'])
+
+
+def test_kernel_path_matches_general_clean() -> None:
+    counts: Counter[str] = Counter()
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.data(), st.sampled_from(OutputFormat))
+    def check(data: st.DataObject, output: OutputFormat) -> None:
+        openmetrics = output is OutputFormat.OPENMETRICS
+        target = st.tuples(bodies(clean_lines(openmetrics), openmetrics), LABELS)
+        drawn = data.draw(st.lists(target, min_size=1, max_size=4))
+        with counting_kernel() as kernel:
+            fast_result, general = merge_both(targets_for(drawn, output), output)
+        counts.update(kernel)
+        counts["examples"] += 1
+        counts["examples with a run accepted"] += kernel["accepted"] > 0
+
+        assert fast_result.body == general.body
+        assert fast_result.outcomes == general.outcomes
+        assert fast_result.conflicts == general.conflicts
+
+    check()
+    assert counts["examples with a run accepted"] >= 0.7 * counts["examples"], counts
+    assert counts["accepted"] >= counts["rejected"], counts
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data(), st.sampled_from(OutputFormat))
+def test_kernel_path_matches_general_adversarial(data: st.DataObject, output: OutputFormat) -> None:
+    openmetrics = output is OutputFormat.OPENMETRICS
+    lines = st.one_of(clean_lines(openmetrics), adversarial_lines())
+    drawn = data.draw(st.lists(st.tuples(bodies(lines, openmetrics), LABELS), min_size=1, max_size=3))
+
+    fast_result, general = merge_both(targets_for(drawn, output), output)
+
+    assert fast_result.body == general.body
+    assert fast_result.outcomes == general.outcomes
+    assert fast_result.conflicts == general.conflicts
+
+
+@settings(max_examples=500, deadline=None)
+@given(adversarial_lines(), st.sampled_from(OutputFormat), st.sampled_from(["0", None]))
+def test_kernel_line_matches_general(line: str, output: OutputFormat, label: str | None) -> None:
+    # One line per body, so that no other line hides a line the kernel wrongly accepts.
+    end = "# EOF\n" if output is OutputFormat.OPENMETRICS else ""
+    targets = [TargetBody(label, f"# TYPE g gauge\n{line}\n{end}".encode(), FORMATS[output])]
+
+    fast_result, general = merge_both(targets, output)
+
+    assert fast_result.body == general.body
+    assert fast_result.outcomes == general.outcomes
+
+
+@pytest.mark.parametrize(
+    ("run", "accepted"),
+    [
+        (b'g{a="1",b="x y"} 1\n', True),
+        (b'g{a="}{,#",b="\\"\\\\\\n"} NaN 1700000000123\n', True),
+        (b'g{a="worker=\\"w\\""} 1\n', True),
+        (b"g 1", True),
+        (b'g{worker="w"} 1\n', False),
+        (b'g{a="1",a="2"} 1\n', False),
+        (b"g{} 1\n", False),
+        (b'g{a="1",} 1\n', False),
+        (b'g{a="\\t"} 1\n', False),
+        (b"g  1\n", False),
+        (b"g 1 \n", False),
+        (b"g 1\r\n", False),
+        (b"g 0x1p3\n", False),
+        (b"g +nan\n", False),
+        (b"g 1 1.5\n", False),
+        (b"g 1 12345678901234567890\n", False),
+        (b"g 1\ng 1\n", False),
+        (b"g 1\n\ng 2\n", False),
+        (b"x 1\n", False),
+        (b'{"g"} 1\n', False),
+        (b'g{a="1} 1\n', False),
+    ],
+)
+def test_kernel_text_lines(run: bytes, accepted: bool) -> None:
+    result = _relabel.relabel_run(run, (b"g",), b'worker="0"', b"worker", False)
+
+    assert (result is not None) == accepted
+
+
+def test_kernel_writes_label_first() -> None:
+    run = b'g{a="1"} 1\ng_sum 2 17\n'
+
+    result = _relabel.relabel_run(run, (b"g", b"g_sum"), b'worker="0"', b"worker", False)
+
+    assert result == (b'g{worker="0",a="1"} 1\ng_sum{worker="0"} 2 17\n', 2, 0b11)
+    assert _relabel.series_keys(run, False) == [b'g{a="1"}', b"g_sum"]
+
+
+def test_kernel_openmetrics_lines() -> None:
+    def accepts(run: bytes) -> bool:
+        return _relabel.relabel_run(run, (b"c_total",), b'worker="0"', b"worker", True) is not None
+
+    assert accepts(b"c_total 1 1700000000.123\n")
+    assert accepts(b"c_total 1 1.5e3\n")
+    assert not accepts(b'c_total 1 # {t="1"} 1\n')  # exemplars are left to the general reader
+    assert not accepts(b"c_total 1 0x10\n")
+
+
+def test_kernel_without_added_label_keeps_worker() -> None:
+    run = b'g{worker="3"} 1\n'
+
+    result = _relabel.relabel_run(run, (b"g",), None, b"worker", False)
+
+    assert result == (run, 1, 1)
+
+
+def test_kernel_rejects_bad_arguments() -> None:
+    with pytest.raises(TypeError):
+        _relabel.relabel_run("g 1\n", (b"g",), None, b"worker", False)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="at most 8"):
+        _relabel.relabel_run(b"g 1\n", (b"g",) * 9, None, b"worker", False)
+    with pytest.raises(ValueError, match="rejects"):
+        _relabel.series_keys(b"g  1\n", False)
+
+
+FUZZ_BODIES = 3000
+FUZZ_SECONDS = 20.0
+SEED_BODIES = [
+    b'# HELP g Help.\n# TYPE g gauge\ng{a="1",b="}{,#"} 1\ng{a="2"} NaN 1700000000123\ng 3\n',
+    b'# TYPE h histogram\nh_bucket{le="1"} 1\nh_bucket{le="+Inf"} 2\nh_sum 3\nh_count 2\n',
+    b'# TYPE c counter\n# UNIT c seconds\nc_total{a="\\"\\\\\\n"} 1 1.5\nc_created 1.5\n# EOF\n',
+]
+
+
+def mutate(body: bytes, rng: random.Random) -> bytes:
+    mutated = bytearray(body)
+    for _ in range(rng.randint(1, 4)):
+        position = rng.randrange(len(mutated) + 1)
+        action = rng.randrange(3)
+        if action == 0 and position < len(mutated):
+            del mutated[position]
+        elif action == 1:
+            mutated.insert(position, rng.choice(b'{}",=\\ \n#\t\r0a_\x00\xff'))
+        elif position < len(mutated):
+            mutated[position] = rng.randrange(256)
+    return bytes(mutated)
+
+
+def test_kernel_survives_mutated_bodies() -> None:
+    # A fixed seed keeps failures reproducible; the deadline bounds the loop on a slow machine.
+    rng = random.Random(20261204)
+    deadline = time.monotonic() + FUZZ_SECONDS
+    checked = 0
+    while checked < FUZZ_BODIES and time.monotonic() < deadline:
+        body = mutate(rng.choice(SEED_BODIES), rng)
+        for openmetrics in (False, True):
+            added = rng.choice([b'worker="0"', None])
+            result = _relabel.relabel_run(body, (b"g", b"h_sum", b"c_total"), added, b"worker", openmetrics)
+            if result is not None:
+                assert len(_relabel.series_keys(body, openmetrics)) == result[1]
+
+        output = rng.choice(list(OutputFormat))
+        targets = [TargetBody("0", body, rng.choice([TEXT, OPENMETRICS]))]
+        fast_result, general = merge_both(targets, output)
+        assert fast_result == general, body
+        checked += 1
+
+    assert checked >= 100, f"only {checked} bodies checked before the deadline"
