@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from lsif_agg.exposition import MergeResult, OutputFormat, TargetBody, _relabel, fast
 from lsif_agg.exposition.merge import merge_targets
+from lsif_agg.exposition.read import TargetReader
 
 TEXT = "text/plain; version=0.0.4"
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"
@@ -44,16 +45,16 @@ def merge_both(targets: list[TargetBody], output: OutputFormat) -> tuple[MergeRe
 
 @contextmanager
 def counting_kernel() -> Iterator[Counter[str]]:
-    """Count the runs the kernel accepts and rejects while the block runs."""
+    """Count the runs the fast path accepts and rejects while the block runs."""
     counts: Counter[str] = Counter()
-    relabel_run = fast.relabel_run
+    add_run = TargetReader.add_run
 
-    def counted(*args: object) -> fast.FastRun | None:
-        run = relabel_run(*args)  # type: ignore[arg-type]
-        counts["accepted" if run is not None else "rejected"] += 1
-        return run
+    def counted(reader: TargetReader, body: bytes, item: fast.RunItem, openmetrics: bool) -> bool:
+        accepted = add_run(reader, body, item, openmetrics)
+        counts["accepted" if accepted else "rejected"] += 1
+        return accepted
 
-    with mock.patch.object(fast, "relabel_run", counted):
+    with mock.patch.object(TargetReader, "add_run", counted):
         yield counts
 
 
@@ -209,7 +210,7 @@ def test_kernel_writes_label_first() -> None:
     result = _relabel.relabel_run(run, (b"g", b"g_sum"), b'worker="0"', b"worker", False)
 
     assert result == (b'g{worker="0",a="1"} 1\ng_sum{worker="0"} 2 17\n', 2, 0b11)
-    assert _relabel.series_keys(run, False) == [b'g{a="1"}', b"g_sum"]
+    assert _relabel.series_keys(run, 0, len(run), False) == [b'g{a="1"}', b"g_sum"]
 
 
 def test_kernel_openmetrics_lines() -> None:
@@ -236,7 +237,7 @@ def test_kernel_rejects_bad_arguments() -> None:
     with pytest.raises(ValueError, match="at most 8"):
         _relabel.relabel_run(b"g 1\n", (b"g",) * 9, None, b"worker", False)
     with pytest.raises(ValueError, match="rejects"):
-        _relabel.series_keys(b"g  1\n", False)
+        _relabel.series_keys(b"g  1\n", 0, 5, False)
 
 
 FUZZ_BODIES = 3000
@@ -262,6 +263,20 @@ def mutate(body: bytes, rng: random.Random) -> bytes:
     return bytes(mutated)
 
 
+def assert_items_cover(body: bytes, items: list[bytes | fast.RunItem]) -> None:
+    """Check that scan_body's comment lines and runs follow each other over the whole body."""
+    position = 0
+    for item in items:
+        if isinstance(item, bytes):
+            assert body.startswith(item, position)
+            position += len(item)
+        else:
+            assert item[0] == position
+            assert item[1] > position
+            position = item[1]
+    assert position == len(body)
+
+
 def test_kernel_survives_mutated_bodies() -> None:
     # A fixed seed keeps failures reproducible; the deadline bounds the loop on a slow machine.
     rng = random.Random(20261204)
@@ -273,7 +288,8 @@ def test_kernel_survives_mutated_bodies() -> None:
             added = rng.choice([b'worker="0"', None])
             result = _relabel.relabel_run(body, (b"g", b"h_sum", b"c_total"), added, b"worker", openmetrics)
             if result is not None:
-                assert len(_relabel.series_keys(body, openmetrics)) == result[1]
+                assert len(_relabel.series_keys(body, 0, len(body), openmetrics)) == result[1]
+            assert_items_cover(body, _relabel.scan_body(body, added, b"worker", openmetrics))
 
         output = rng.choice(list(OutputFormat))
         targets = [TargetBody("0", body, rng.choice([TEXT, OPENMETRICS]))]

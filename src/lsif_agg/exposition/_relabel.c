@@ -71,6 +71,7 @@ typedef struct {
     const char *names[MAX_ALLOWED];
     Py_ssize_t lengths[MAX_ALLOWED];
     int count;
+    int collect; /* add each new name to `names`, for a run whose family is not yet known */
     const char *clashing; /* the added label's name, or NULL when no label is added */
     Py_ssize_t clashing_length;
     int openmetrics;
@@ -161,13 +162,17 @@ is_timestamp(const char *s, const char *e, int openmetrics)
 }
 
 static int
-find_allowed(const Rules *rules, const char *name, Py_ssize_t length)
+find_allowed(Rules *rules, const char *name, Py_ssize_t length)
 {
     for (int i = 0; i < rules->count; i++) {
         if (rules->lengths[i] == length && memcmp(rules->names[i], name, (size_t)length) == 0)
             return i;
     }
-    return -1;
+    if (!rules->collect || rules->count == MAX_ALLOWED)
+        return -1;
+    rules->names[rules->count] = name;
+    rules->lengths[rules->count] = length;
+    return rules->count++;
 }
 
 /* Read the label set after `{` up to and including `}`; return the byte after it, or NULL. */
@@ -230,7 +235,7 @@ scan_labels(const char *p, const char *e, const Rules *rules)
 /* Check one line that starts at `start`; fill `line` and return the allowed name's index,
  * or -1 when the general reader must read it. */
 static int
-scan_line(const char *run, Py_ssize_t start, Py_ssize_t size, const Rules *rules, Line *line)
+scan_line(const char *run, Py_ssize_t start, Py_ssize_t size, Rules *rules, Line *line)
 {
     const char *p = run + start, *e = run + size;
 
@@ -327,33 +332,63 @@ has_repeats(const char *run, Line *lines, Py_ssize_t count)
     return repeated;
 }
 
-/* Scan every line of the run into `*lines_out` (freed by the caller); return the line count,
- * -1 when a line needs the general reader, or -2 with an exception set. */
-static Py_ssize_t
-scan_run(const char *run, Py_ssize_t size, const Rules *rules, Line **lines_out,
-         unsigned int *names_seen)
-{
-    Py_ssize_t count = 0;
-    for (const char *p = run; (p = memchr(p, '\n', (size_t)(run + size - p))) != NULL; p++)
-        count++;
-    if (size > 0 && run[size - 1] != '\n')
-        count++;
+/* The lines of one run, in an array reused from run to run. */
+typedef struct {
+    Line *lines;
+    Py_ssize_t capacity;
+} LineBuffer;
 
-    Line *lines = PyMem_Malloc((size_t)(count ? count : 1) * sizeof(Line));
+static int
+grow_lines(LineBuffer *buffer)
+{
+    Py_ssize_t capacity = buffer->capacity ? buffer->capacity * 2 : 256;
+    Line *lines = PyMem_Realloc(buffer->lines, (size_t)capacity * sizeof(Line));
     if (lines == NULL) {
         PyErr_NoMemory();
-        return -2;
+        return -1;
     }
-    *lines_out = lines;
+    buffer->lines = lines;
+    buffer->capacity = capacity;
+    return 0;
+}
 
-    Py_ssize_t position = 0;
-    for (Py_ssize_t i = 0; i < count; i++) {
-        int allowed = scan_line(run, position, size, rules, &lines[i]);
-        if (allowed < 0)
-            return -1;
-        *names_seen |= 1u << allowed;
-        position = lines[i].end + 1;
+/* Return where the run that contains `position` ends: after the last newline before a line
+ * that starts with `#`, or at the end of the text. */
+static Py_ssize_t
+find_run_end(const char *text, Py_ssize_t position, Py_ssize_t size)
+{
+    for (;;) {
+        const char *newline = memchr(text + position, '\n', (size_t)(size - position));
+        if (newline == NULL)
+            return size;
+        position = newline - text + 1;
+        if (position == size || text[position] == '#')
+            return position;
     }
+}
+
+/* Scan the lines from `start` up to the next line that starts with `#`, and set *run_end to
+ * where they end. Return the line count, -1 when a line needs the general reader, or -2 with
+ * an exception set. */
+static Py_ssize_t
+scan_run(const char *text, Py_ssize_t start, Py_ssize_t size, Rules *rules, LineBuffer *buffer,
+         unsigned int *names_seen, Py_ssize_t *run_end)
+{
+    Py_ssize_t count = 0, position = start;
+    while (position < size && text[position] != '#') {
+        if (count == buffer->capacity && grow_lines(buffer) < 0)
+            return -2;
+        Line *line = &buffer->lines[count];
+        int allowed = scan_line(text, position, size, rules, line);
+        if (allowed < 0) {
+            *run_end = find_run_end(text, position, size);
+            return -1;
+        }
+        *names_seen |= 1u << allowed;
+        position = line->end + 1;
+        count++;
+    }
+    *run_end = position < size ? position : size;
     return count;
 }
 
@@ -367,6 +402,7 @@ read_rules(Rules *rules, PyObject *allowed, PyObject *clashing, int openmetrics)
         return -1;
     }
     rules->count = (int)count;
+    rules->collect = 0;
     for (Py_ssize_t i = 0; i < count; i++) {
         PyObject *name = PyTuple_GET_ITEM(allowed, i);
         if (!PyBytes_Check(name)) {
@@ -430,19 +466,46 @@ write_relabelled(const char *run, const Line *lines, Py_ssize_t count, const cha
     return block;
 }
 
+/* Copy the lines unchanged, with a final newline. */
 static PyObject *
-write_unchanged(PyObject *run_object, const char *run, Py_ssize_t size)
+write_unchanged(const char *run, Py_ssize_t size)
 {
-    if (size > 0 && run[size - 1] == '\n') {
-        Py_INCREF(run_object);
-        return run_object;
-    }
-    PyObject *block = PyBytes_FromStringAndSize(NULL, size + 1);
+    Py_ssize_t missing = size > 0 && run[size - 1] == '\n' ? 0 : 1;
+    PyObject *block = PyBytes_FromStringAndSize(NULL, size + missing);
     if (block == NULL)
         return NULL;
     memcpy(PyBytes_AS_STRING(block), run, (size_t)size);
-    PyBytes_AS_STRING(block)[size] = '\n';
+    if (missing)
+        PyBytes_AS_STRING(block)[size] = '\n';
     return block;
+}
+
+/* Relabel the run text[start:] into a block; set *block to NULL when the general reader must
+ * read it. Return the line count, or -1 with an exception set. */
+static Py_ssize_t
+relabel(const char *text, Py_ssize_t start, Py_ssize_t size, Rules *rules, PyObject *added,
+        LineBuffer *buffer, unsigned int *names_seen, Py_ssize_t *run_end, PyObject **block)
+{
+    *block = NULL;
+    Py_ssize_t count = scan_run(text, start, size, rules, buffer, names_seen, run_end);
+    if (count == -2)
+        return -1;
+    if (count <= 0)
+        return 0;
+
+    int repeated = has_repeats(text, buffer->lines, count);
+    if (repeated < 0) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    if (repeated)
+        return 0;
+
+    *block = added == Py_None
+        ? write_unchanged(text + start, *run_end - start)
+        : write_relabelled(text, buffer->lines, count, PyBytes_AS_STRING(added),
+                           PyBytes_GET_SIZE(added));
+    return *block == NULL ? -1 : count;
 }
 
 PyDoc_STRVAR(relabel_run_doc,
@@ -475,58 +538,56 @@ relabel_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 
     const char *run = PyBytes_AS_STRING(run_object);
     Py_ssize_t size = PyBytes_GET_SIZE(run_object);
-    Line *lines = NULL;
+    LineBuffer buffer = {NULL, 0};
     unsigned int names_seen = 0;
-    Py_ssize_t count = scan_run(run, size, &rules, &lines, &names_seen);
-    if (count == -2)
+    Py_ssize_t run_end = 0;
+    PyObject *block = NULL;
+    Py_ssize_t count = relabel(run, 0, size, &rules, added, &buffer, &names_seen, &run_end, &block);
+    PyMem_Free(buffer.lines);
+    if (count < 0)
         return NULL;
-
-    PyObject *result = NULL;
-    int repeated = count < 0 ? 1 : has_repeats(run, lines, count);
-    if (repeated < 0) {
-        PyErr_NoMemory();
+    if (block == NULL || run_end != size) {
+        Py_XDECREF(block);
+        Py_RETURN_NONE; /* a line needs the general reader, or the run holds a comment line */
     }
-    else if (repeated || count == 0) {
-        result = Py_NewRef(Py_None);
-    }
-    else {
-        PyObject *block = added == Py_None
-            ? write_unchanged(run_object, run, size)
-            : write_relabelled(run, lines, count, PyBytes_AS_STRING(added),
-                               PyBytes_GET_SIZE(added));
-        if (block != NULL)
-            result = Py_BuildValue("(NnI)", block, count, names_seen);
-    }
-    PyMem_Free(lines);
-    return result;
+    return Py_BuildValue("(NnI)", block, count, names_seen);
 }
 
 PyDoc_STRVAR(series_keys_doc,
-"series_keys(run, openmetrics, /)\n--\n\n"
-"Return each line's series (name and label set, without the added label) of a run that\n"
-"relabel_run accepted with added_label None. Raise ValueError for any other run.");
+"series_keys(body, start, end, openmetrics, /)\n--\n\n"
+"Return each line's series (name and label set, without the added label) of the run\n"
+"body[start:end], which relabel_run or scan_body accepted. Raise ValueError for any other run.");
 
 static PyObject *
 series_keys(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;
-    if (nargs != 2 || !PyBytes_Check(args[0])) {
-        PyErr_SetString(PyExc_TypeError, "series_keys takes (bytes, bool)");
+    if (nargs != 4 || !PyBytes_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "series_keys takes (bytes, int, int, bool)");
         return NULL;
     }
-    int openmetrics = PyObject_IsTrue(args[1]);
+    Py_ssize_t start = PyNumber_AsSsize_t(args[1], PyExc_OverflowError);
+    Py_ssize_t end = PyNumber_AsSsize_t(args[2], PyExc_OverflowError);
+    if (PyErr_Occurred())
+        return NULL;
+    if (start < 0 || end < start || end > PyBytes_GET_SIZE(args[0])) {
+        PyErr_Format(PyExc_ValueError, "invalid run [%zd, %zd) of a body of %zd bytes", start, end,
+                     PyBytes_GET_SIZE(args[0]));
+        return NULL;
+    }
+    int openmetrics = PyObject_IsTrue(args[3]);
     if (openmetrics < 0)
         return NULL;
 
     /* Any name that scans as a metric name is allowed here, because relabel_run checked the
      * run against its family already. */
-    const char *run = PyBytes_AS_STRING(args[0]);
-    Py_ssize_t size = PyBytes_GET_SIZE(args[0]);
+    const char *run = PyBytes_AS_STRING(args[0]) + start;
+    Py_ssize_t size = end - start;
     PyObject *keys = PyList_New(0);
     if (keys == NULL)
         return NULL;
 
-    Rules rules = {.count = 1, .clashing = NULL, .openmetrics = openmetrics};
+    Rules rules = {.count = 1, .collect = 0, .clashing = NULL, .openmetrics = openmetrics};
     Py_ssize_t position = 0;
     while (position < size) {
         const char *p = run + position;
@@ -554,7 +615,115 @@ series_keys(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return keys;
 }
 
+/* Relabel the run that starts at `start` and append (start, end, names, block, lines) to
+ * `items`; names, block and lines are None, None and 0 when the general reader must read the
+ * run. Return where the run ends, or -1 with an exception set. */
+static Py_ssize_t
+append_run(PyObject *items, PyObject *body, Py_ssize_t start, PyObject *added,
+           PyObject *label_name, int openmetrics, LineBuffer *buffer)
+{
+    const char *text = PyBytes_AS_STRING(body);
+    Rules rules = {.count = 0, .collect = 1, .clashing = NULL, .openmetrics = openmetrics};
+    if (added != Py_None) {
+        rules.clashing = PyBytes_AS_STRING(label_name);
+        rules.clashing_length = PyBytes_GET_SIZE(label_name);
+    }
+
+    unsigned int names_seen = 0;
+    Py_ssize_t end = start;
+    PyObject *block = NULL;
+    Py_ssize_t count = relabel(text, start, PyBytes_GET_SIZE(body), &rules, added, buffer,
+                               &names_seen, &end, &block);
+    if (count < 0)
+        return -1;
+
+    PyObject *item = NULL;
+    if (block == NULL) {
+        item = Py_BuildValue("(nnOOn)", start, end, Py_None, Py_None, (Py_ssize_t)0);
+    }
+    else {
+        PyObject *names = PyTuple_New(rules.count);
+        for (int i = 0; names != NULL && i < rules.count; i++) {
+            PyObject *name = PyBytes_FromStringAndSize(rules.names[i], rules.lengths[i]);
+            if (name == NULL)
+                Py_CLEAR(names);
+            else
+                PyTuple_SET_ITEM(names, i, name);
+        }
+        if (names != NULL)
+            item = Py_BuildValue("(nnNNn)", start, end, names, block, count);
+        else
+            Py_DECREF(block);
+    }
+    if (item == NULL)
+        return -1;
+    int appended = PyList_Append(items, item);
+    Py_DECREF(item);
+    return appended < 0 ? -1 : end;
+}
+
+PyDoc_STRVAR(scan_body_doc,
+"scan_body(body, added_label, label_name, openmetrics, /)\n--\n\n"
+"Split a body into comment lines and runs of other lines, and relabel each run.\n\n"
+"Return a list with a bytes object for each line that starts with `#`, and a tuple\n"
+"(start, end, names, block, lines) for each run body[start:end] between them: names lists\n"
+"the run's distinct sample names in order of first use, and block its relabelled lines.\n"
+"names and block are None when a line is not canonical or a series repeats, so that the\n"
+"general reader must read the run. The caller checks that the names belong to one family.");
+
+static PyObject *
+scan_body(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 4 || !PyBytes_Check(args[0]) || (args[1] != Py_None && !PyBytes_Check(args[1])) ||
+        !PyBytes_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "scan_body takes (bytes, bytes | None, bytes, bool)");
+        return NULL;
+    }
+    int openmetrics = PyObject_IsTrue(args[3]);
+    if (openmetrics < 0)
+        return NULL;
+
+    PyObject *body = args[0];
+    const char *text = PyBytes_AS_STRING(body);
+    Py_ssize_t size = PyBytes_GET_SIZE(body);
+    PyObject *items = PyList_New(0);
+    if (items == NULL)
+        return NULL;
+
+    LineBuffer buffer = {NULL, 0};
+    Py_ssize_t position = 0;
+    while (position < size) {
+        /* A comment line ends at its newline, a run before the next line that starts with `#`. */
+        Py_ssize_t end = position;
+        if (text[position] == '#') {
+            const char *newline = memchr(text + position, '\n', (size_t)(size - position));
+            end = newline == NULL ? size : newline - text + 1;
+            PyObject *line = PyBytes_FromStringAndSize(text + position, end - position);
+            if (line == NULL || PyList_Append(items, line) < 0) {
+                Py_XDECREF(line);
+                PyMem_Free(buffer.lines);
+                Py_DECREF(items);
+                return NULL;
+            }
+            Py_DECREF(line);
+            position = end;
+            continue;
+        }
+        end = append_run(items, body, position, args[1], args[2], openmetrics, &buffer);
+        if (end < 0) {
+            PyMem_Free(buffer.lines);
+            Py_DECREF(items);
+            return NULL;
+        }
+        position = end;
+    }
+    PyMem_Free(buffer.lines);
+    return items;
+}
+
 static PyMethodDef methods[] = {
+    {"scan_body", (PyCFunction)(void (*)(void))scan_body, METH_FASTCALL, scan_body_doc},
     {"relabel_run", (PyCFunction)(void (*)(void))relabel_run, METH_FASTCALL, relabel_run_doc},
     {"series_keys", (PyCFunction)(void (*)(void))series_keys, METH_FASTCALL, series_keys_doc},
     {NULL, NULL, 0, NULL},

@@ -1,3 +1,9 @@
+# (start, end, names, block, lines); names and block are None when the run was rejected.
+RunItem = tuple[int, int, tuple[bytes, ...] | None, bytes | None, int]
+
+def scan_body(
+    body: bytes, added_label: bytes | None, label_name: bytes, openmetrics: bool, /
+) -> list[bytes | RunItem]: ...
 def relabel_run(
     run: bytes,
     allowed: tuple[bytes, ...],
@@ -6,4 +12,4 @@ def relabel_run(
     openmetrics: bool,
     /,
 ) -> tuple[bytes, int, int] | None: ...
-def series_keys(run: bytes, openmetrics: bool, /) -> list[bytes]: ...
+def series_keys(body: bytes, start: int, end: int, openmetrics: bool, /) -> list[bytes]: ...

@@ -2,6 +2,8 @@
 one format is written in the other.
 """
 
+import functools
+
 from lsif_agg.exposition.records import OutputFormat
 
 TEXT_TYPES = frozenset({"counter", "gauge", "histogram", "summary", "untyped"})
@@ -32,6 +34,7 @@ _SUFFIXES: dict[OutputFormat, dict[str, tuple[bytes, ...]]] = {
 }
 
 
+@functools.lru_cache(maxsize=1 << 16)  # the same families come back scrape after scrape
 def sample_names(form: OutputFormat, kind: str, family: bytes) -> frozenset[bytes]:
     """Return the sample names a family of this type may hold."""
     return frozenset(family + suffix for suffix in _SUFFIXES[form][kind])

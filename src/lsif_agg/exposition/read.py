@@ -13,6 +13,7 @@ Prometheus's reference readers:
   line in the merged output would make the outer Prometheus fail the whole scrape.
 """
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -38,7 +39,6 @@ class SourceFamily:
     kind: str
     declared: bool  # False when no TYPE line named it; then it is untyped or unknown
     allowed: frozenset[bytes]  # sample names that belong to it
-    allowed_order: tuple[bytes, ...]  # the same names in a fixed order, for the kernel
     help: bytes | None = None
     unit: bytes | None = None
     help_conflict: bool = False
@@ -170,45 +170,33 @@ class TargetReader:
         return self.use_fast_path and self.keep is None and self.source is self.output
 
     def read_runs(self, body: bytes) -> tuple[bool, int]:
-        """Read comment lines one by one and each run of lines between them in one go."""
-        position, number = 0, 1
-        while position < len(body):
-            if body[position] == 0x23:  # "#"
-                end = body.find(b"\n", position) + 1 or len(body)
+        """Read comment lines one by one and let the kernel relabel the runs between them."""
+        openmetrics = self.source is OutputFormat.OPENMETRICS
+        number = 1
+        for item in fast.scan_body(body, self.added_label, self.label_name, openmetrics):
+            if isinstance(item, bytes):
+                finished, number = self.read_comment_item(item, number)
+            elif self.add_run(body, item, openmetrics):
+                number += item[4] if body[item[1] - 1] == 0x0A else item[4] - 1  # "\n"
+                continue
             else:
-                end = body.find(b"\n#", position) + 1 or len(body)
-            chunk = body[position:end]
-
-            lines = self.read_run(chunk)
-            if lines:
-                number += lines
-            else:
-                finished, number = self.read_lines(chunk, number)
-                if finished:
-                    return True, number
-            position = end
+                finished, number = self.read_lines(body[item[0] : item[1]], number)
+            if finished:
+                return True, number
         return False, number
 
-    def read_run(self, run: bytes) -> int:
-        """Relabel a run of sample lines in the kernel; return its newline count, 0 if rejected.
+    def add_run(self, body: bytes, item: fast.RunItem, openmetrics: bool) -> bool:
+        """Add a run the kernel accepted if all its sample names belong to one family."""
+        start, end, names, block, count = item
+        if names is None or block is None:
+            return False
+        family = self.family_for(names[0])
+        if not family.allowed.issuperset(names):
+            return False
 
-        Only the last run of a body can lack a final newline, and a one-line run without one
-        returns 0 and is read line by line, so that the line numbers stay those of read_lines.
-        """
-        first = syntax.NAME_AT_START.match(run)
-        if first is None:
-            return 0
-        family = self.family_for(first.group())
-        openmetrics = self.source is OutputFormat.OPENMETRICS
-        relabelled = fast.relabel_run(
-            run, family.allowed_order, self.added_label, self.label_name, openmetrics
-        )
-        if relabelled is None:
-            return 0
-        lines = relabelled.count if run.endswith(b"\n") else relabelled.count - 1
-        if lines:
-            self.part_for(family, first.group()).add_run(relabelled)
-        return lines
+        run = FastRun(block, body, start, end, count, frozenset(names), openmetrics)
+        self.part_for(family, names[0]).add_run(run)
+        return True
 
     def read_lines(self, body: bytes, first_line: int) -> tuple[bool, int]:
         """Read line by line; return whether `# EOF` ended the body, and the last line number."""
@@ -228,37 +216,29 @@ class TargetReader:
 
     # --- metadata -------------------------------------------------------------------------
 
+    def read_comment_item(self, item: bytes, number: int) -> tuple[bool, int]:
+        """Read a comment line from the kernel, newline included, as read_lines would."""
+        line = item.strip(b" \t\r\n")
+        if self.source is OutputFormat.OPENMETRICS and line == _EOF:
+            return True, number
+        self.read_comment(line, number)
+        return False, number + (item[-1] == 0x0A)  # "\n"
+
     def read_comment(self, line: bytes, number: int) -> None:
-        words = line[1:].lstrip(b" \t").split(None, 2)
-        if len(words) < 2 or words[0] not in (_HELP, _TYPE, _UNIT):
-            return  # a plain comment
-        if words[0] == _UNIT and self.source is OutputFormat.TEXT:
-            return  # text 0.0.4 has no UNIT; the line is a comment there
+        try:
+            comment = parse_comment(line, self.source)
+        except InvalidExposition as error:
+            raise InvalidExposition(number, error.message) from None
+        if comment is None:
+            return
 
-        keyword, rest = words[0], line[1:].lstrip(b" \t")[len(words[0]) :].lstrip(b" \t")
-        name, text = self.read_metadata_name(rest, number)
+        keyword, name, text = comment
         if keyword == _TYPE:
-            self.declare_type(name, text.strip(b" \t").decode(errors="replace"), number)
+            self.declare_type(name, text.decode(errors="replace"), number)
         elif keyword == _HELP:
-            self.declare_help(name, syntax.unescape_value(text).encode())
+            self.declare_help(name, text)
         else:
-            self.declare_unit(name, text.strip(b" \t"))
-
-    def read_metadata_name(self, rest: bytes, number: int) -> tuple[bytes, bytes]:
-        if rest[:1] != b'"':
-            name, _, text = rest.partition(b" ")
-            if b"\t" in name:
-                name, _, tail = name.partition(b"\t")
-                text = tail + b" " + text if text else tail
-            if syntax.is_metric_name(name):
-                return name, text.lstrip(b" \t")
-            raise InvalidExposition(number, f"invalid metric name {name.decode(errors='replace')!r}")
-
-        quoted = syntax.QUOTED_NAME.match(rest)
-        if quoted is None:
-            raise InvalidExposition(number, "unterminated quoted metric name")
-        name = syntax.read_quoted_name(quoted.group(1), number)
-        return name, rest[quoted.end() :].lstrip(b" \t")
+            self.declare_unit(name, text)
 
     def declare_type(self, name: bytes, kind: str, number: int) -> None:
         allowed = formats.TEXT_TYPES if self.source is OutputFormat.TEXT else formats.OPENMETRICS_TYPES
@@ -299,7 +279,7 @@ class TargetReader:
     def add_family(
         self, name: bytes, kind: str, *, declared: bool, previous: SourceFamily | None = None
     ) -> SourceFamily:
-        family = SourceFamily(name, kind, declared, frozenset(), ())
+        family = SourceFamily(name, kind, declared, frozenset())
         if previous is not None and not previous.parts:
             family.help, family.unit = previous.help, previous.unit  # HELP came before TYPE
         self.families[name] = family
@@ -310,7 +290,6 @@ class TargetReader:
         family.kind = kind
         family.declared = declared
         family.allowed = formats.sample_names(self.source, kind, family.name)
-        family.allowed_order = tuple(sorted(family.allowed))
         for sample_name in family.allowed:
             self.by_sample[sample_name] = family
 
@@ -415,6 +394,43 @@ class TargetReader:
         if self.label is not None:
             labels[self.label_name.decode()] = self.label
         return labels
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def parse_comment(line: bytes, source: OutputFormat) -> tuple[bytes, bytes, bytes] | None:
+    """Split a HELP, TYPE or UNIT line into keyword, metric name and text; None for others.
+
+    The text of TYPE and UNIT comes back stripped, that of HELP unescaped. Targets send the
+    same metadata scrape after scrape, so the results are cached. Errors carry line 0.
+    """
+    words = line[1:].lstrip(b" \t").split(None, 2)
+    if len(words) < 2 or words[0] not in (_HELP, _TYPE, _UNIT):
+        return None  # a plain comment
+    if words[0] == _UNIT and source is OutputFormat.TEXT:
+        return None  # text 0.0.4 has no UNIT; the line is a comment there
+
+    keyword, rest = words[0], line[1:].lstrip(b" \t")[len(words[0]) :].lstrip(b" \t")
+    name, text = _read_metadata_name(rest)
+    if keyword == _HELP:
+        return keyword, name, syntax.unescape_value(text).encode()
+    return keyword, name, text.strip(b" \t")
+
+
+def _read_metadata_name(rest: bytes) -> tuple[bytes, bytes]:
+    if rest[:1] != b'"':
+        name, _, text = rest.partition(b" ")
+        if b"\t" in name:
+            name, _, tail = name.partition(b"\t")
+            text = tail + b" " + text if text else tail
+        if syntax.is_metric_name(name):
+            return name, text.lstrip(b" \t")
+        raise InvalidExposition(0, f"invalid metric name {name.decode(errors='replace')!r}")
+
+    quoted = syntax.QUOTED_NAME.match(rest)
+    if quoted is None:
+        raise InvalidExposition(0, "unterminated quoted metric name")
+    name = syntax.read_quoted_name(quoted.group(1), 0)
+    return name, rest[quoted.end() :].lstrip(b" \t")
 
 
 def rename_clashing_label(

@@ -54,6 +54,7 @@ class InvalidExposition(ValueError):
     def __init__(self, line: int, message: str) -> None:
         super().__init__(f"line {line}: {message}")
         self.line = line
+        self.message = message
 
 
 def escape_metric_name(name: str) -> str:
