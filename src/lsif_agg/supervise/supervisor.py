@@ -233,11 +233,12 @@ class Supervisor:
 
         # Kill what is left, and wait for it to be reaped.
         left = [handle for handle in handles if not handle.is_done() or handle.has_members()]
+        reason = ("a second stop signal arrived" if self._force_kill.is_set()
+                  else "process group did not stop within the grace period")
         for handle in left:
             log.warning(
-                "process group did not stop within the grace period; sending SIGKILL "
-                "worker=%s pid=%s pgid=%s",
-                handle.spec.name, handle.pid, handle.group,
+                "%s; sending SIGKILL worker=%s pid=%s pgid=%s",
+                reason, handle.spec.name, handle.pid, handle.group,
             )
             handle.kill()
         if orphans is not None and (count := orphans.signal_adopted(signal.SIGKILL)):
@@ -314,3 +315,5 @@ class Supervisor:
         finally:
             for task in tasks:
                 task.cancel()
+            # Collect the outcomes, or asyncio logs a cancelled gather as "never retrieved".
+            await asyncio.gather(*tasks, return_exceptions=True)
