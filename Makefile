@@ -41,6 +41,7 @@ lint: install-test
 test: install-test test-tools lint
 	$(BIN)/pytest -q
 
+# The merge alone; the whole scrape beside a real Prometheus is benchmarks/bench_scrape.py.
 bench: install-test test-tools
 	$(BIN)/python benchmarks/bench_merge.py
 

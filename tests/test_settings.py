@@ -93,6 +93,8 @@ INVALID_INPUTS = [
     pytest.param(["--on-exit", "explode"], {}, "'explode'", id="unknown-on-exit"),
     pytest.param(["--log-format", "xml"], {}, "'xml'", id="unknown-log-format"),
     pytest.param(["--no-such-flag"], {}, "--no-such-flag", id="unknown-flag"),
+    pytest.param(["--backoff-initial", "5", "--backoff-max", "1"], {}, "5 s",
+                 id="backoff-initial-above-max"),
 ]
 
 

@@ -210,6 +210,10 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
         log_level=_parse_choice(*pick(args.log_level, "LSIF_AGG_LOG_LEVEL"),
                                 ("info", "debug", "warning", "error")),
     )
+    if settings.backoff_initial > settings.backoff_max:
+        raise SettingsError(
+            f"initial backoff {settings.backoff_initial:g} s is longer than the maximum backoff "
+            f"{settings.backoff_max:g} s. Lower --backoff-initial or raise --backoff-max.")
     _check_ports(settings)
     return settings
 
@@ -325,15 +329,19 @@ def _check_ports(settings: Settings) -> None:
                 f"Lower --base-port or --workers.")
 
     worker_ports = range(settings.base_port, (last or settings.base_port - 1) + 1)
+    if last == settings.base_port:
+        port_text = f"worker port {last}"
+    else:
+        port_text = f"worker ports {settings.base_port}-{last}"
     if settings.listen_port in worker_ports:
         raise SettingsError(
-            f"listen port {settings.listen_port} overlaps the worker ports "
-            f"{settings.base_port}-{last}. Move --listen or --base-port.")
+            f"listen port {settings.listen_port} overlaps the {port_text}. "
+            f"Move --listen or --base-port.")
     if settings.server_command is not None:
         if settings.server_port in worker_ports:
             raise SettingsError(
-                f"server port {settings.server_port} overlaps the worker ports "
-                f"{settings.base_port}-{last}. Move --server-port or --base-port.")
+                f"server port {settings.server_port} overlaps the {port_text}. "
+                f"Move --server-port or --base-port.")
         if settings.server_port == settings.listen_port:
             raise SettingsError(
                 f"server port {settings.server_port} is also the listen port. "

@@ -255,8 +255,8 @@ class ProcessHandle:
         self._policy.record_busy_port()
         delay = self._policy.next_delay()
         log.error(
-            "cannot bind port %d on %s: %s; another program may hold it, so the start is "
-            "retried with backoff worker=%s port=%d",
+            "cannot bind port %d on %s: %s. Another program may hold it: stop that program or "
+            "pass another --base-port. The start is retried with backoff worker=%s port=%d",
             self.spec.port, LOOPBACK, error.strerror or error, self.spec.name, self.spec.port,
         )
         return delay
