@@ -49,12 +49,21 @@ class ScrapeResult:
     detail: str | None  # a sentence for the log
 
 
+@dataclass(frozen=True, slots=True)
+class FanOut:
+    """The results of one fan-out; its generation tells fan-outs apart for caching."""
+
+    generation: int
+    results: tuple[ScrapeResult, ...]
+
+
 class Scraper:
     """Scrapes targets over one pooled HTTP session; concurrent scrapes share one fan-out."""
 
     def __init__(self) -> None:
         self._session: aiohttp.ClientSession | None = None
-        self._in_flight: dict[OutputFormat, asyncio.Task[list[ScrapeResult]]] = {}
+        self._in_flight: dict[OutputFormat, asyncio.Task[FanOut]] = {}
+        self._generation = 0
 
     async def start(self) -> None:
         # No connection limit: every target is fetched at once. Connections are kept alive
@@ -68,7 +77,7 @@ class Scraper:
             await self._session.close()
 
     async def scrape(self, targets: Sequence[ProcessView], deadline: float,
-                     preferred: OutputFormat) -> list[ScrapeResult]:
+                     preferred: OutputFormat) -> FanOut:
         """Fetch `targets` concurrently, each within `deadline` seconds, in `preferred` format.
 
         A request that arrives while a fan-out for the same format is under way joins it
@@ -77,16 +86,18 @@ class Scraper:
         """
         in_flight = self._in_flight.get(preferred)
         if in_flight is None or in_flight.done():
-            in_flight = asyncio.create_task(self._fan_out(tuple(targets), deadline, preferred))
+            self._generation += 1
+            in_flight = asyncio.create_task(
+                self._fan_out(self._generation, tuple(targets), deadline, preferred))
             self._in_flight[preferred] = in_flight
         # shield: a scraper that hangs up must not cancel the fan-out that others share.
         return await asyncio.shield(in_flight)
 
-    async def _fan_out(self, targets: tuple[ProcessView, ...], deadline: float,
-                       preferred: OutputFormat) -> list[ScrapeResult]:
+    async def _fan_out(self, generation: int, targets: tuple[ProcessView, ...], deadline: float,
+                       preferred: OutputFormat) -> FanOut:
         accept = TARGET_ACCEPT[preferred]
         fetches = (self._fetch(target, deadline, accept) for target in targets)
-        return list(await asyncio.gather(*fetches))
+        return FanOut(generation, tuple(await asyncio.gather(*fetches)))
 
     async def _fetch(self, target: ProcessView, deadline: float, accept: str) -> ScrapeResult:
         assert self._session is not None, "Scraper.start() must run before scrape()"

@@ -54,6 +54,8 @@ class Federation:
         self._ledger = ScrapeLedger()
         self._self_metrics = SelfMetrics(supervisor.processes, self._ledger)
         self._last_logged: dict[tuple[str, str], float] = {}
+        self._rendered: dict[tuple[OutputFormat, bool, tuple[str, ...]], bytes] = {}
+        self._rendered_generation = 0
 
     @property
     def default_timeout(self) -> float:
@@ -67,18 +69,42 @@ class Federation:
         await self._scraper.close()
 
     async def scrape(self, deadline: float, preferred: OutputFormat
-                     ) -> tuple[Sequence[ProcessView], list[ScrapeResult]]:
-        """Scrape every running process; the others count as failed without a request."""
+                     ) -> tuple[Sequence[ProcessView], int, list[ScrapeResult]]:
+        """Scrape every running process; the others count as failed without a request.
+
+        Returns the processes, the fan-out's generation and one result per process.
+        """
         views = self._supervisor.processes()
         running = [view for view in views if view.state is ProcessState.RUNNING]
-        results = await self._scraper.scrape(running, deadline, preferred)
-        scraped = {result.label for result in results}
-        results += [
+        fan_out = await self._scraper.scrape(running, deadline, preferred)
+        scraped = {result.label for result in fan_out.results}
+        results = list(fan_out.results) + [
             ScrapeResult(view.label, None, None, 0.0, "not_running",
                          f"{view.name} is {view.state.value}, so it was not scraped")
             for view in views if view.label not in scraped
         ]
-        return views, results
+        return views, fan_out.generation, results
+
+    def respond(self, views: Sequence[ProcessView], generation: int,
+                results: list[ScrapeResult], negotiated: Negotiated, *,
+                selectors: Sequence[str], keep: SeriesFilter | None) -> bytes:
+        """Return the response body for one request, compressed if negotiated.
+
+        Requests that joined the same fan-out and negotiated the same format, encoding and
+        selectors get the same bytes, merged and compressed once. Only the latest fan-out's
+        bodies are kept, so the cache holds at most one scrape's worth of memory.
+        """
+        key = (negotiated.output, negotiated.gzip, tuple(selectors))
+        if generation != self._rendered_generation:
+            self._rendered.clear()
+            self._rendered_generation = generation
+        body = self._rendered.get(key)
+        if body is None:
+            body = self.expose(views, results, negotiated.output, keep)
+            if negotiated.gzip:
+                body = igzip.compress(body, compresslevel=GZIP_LEVEL)
+            self._rendered[key] = body
+        return body
 
     def expose(self, views: Sequence[ProcessView], results: list[ScrapeResult],
                output: OutputFormat, keep: SeriesFilter | None) -> bytes:
@@ -174,15 +200,15 @@ async def _serve_exposition(request: web.Request, selectors: Sequence[str]
         raise web.HTTPBadRequest(text=f"{error}\n") from None
 
     negotiated = negotiate(request.headers, federation.default_timeout)
-    views, results = await federation.scrape(negotiated.deadline, negotiated.output)
-    body = federation.expose(views, results, negotiated.output, keep)
+    views, generation, results = await federation.scrape(negotiated.deadline, negotiated.output)
+    body = federation.respond(views, generation, results, negotiated, selectors=selectors,
+                              keep=keep)
     return _respond(body, negotiated)
 
 
 def _respond(body: bytes, negotiated: Negotiated) -> web.Response:
     headers = {"Content-Type": CONTENT_TYPES[negotiated.output]}
     if negotiated.gzip:
-        body = igzip.compress(body, compresslevel=GZIP_LEVEL)
         headers["Content-Encoding"] = "gzip"
     headers["Vary"] = "Accept, Accept-Encoding"
     return web.Response(body=body, headers=headers)
@@ -195,7 +221,7 @@ async def handle_healthy(request: web.Request) -> web.Response:
 async def handle_ready(request: web.Request) -> web.Response:
     """Return 200 when every process runs and its scrape just now succeeded, else 503 with the reasons."""
     federation = request.app[FEDERATION_KEY]
-    views, results = await federation.scrape(federation.default_timeout, OutputFormat.TEXT)
+    views, _, results = await federation.scrape(federation.default_timeout, OutputFormat.TEXT)
     # Merging tells a readable exposition from a broken one; the merged body itself is not needed.
     federation.expose(views, results, OutputFormat.TEXT, keep=None)
 
