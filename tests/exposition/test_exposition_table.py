@@ -10,6 +10,7 @@ import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 from lsif_agg.exposition import OutputFormat, TargetBody, merge
+from lsif_agg.exposition.merge import merge_targets
 
 TEXT = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
@@ -909,6 +910,19 @@ def test_table_openmetrics(case: str) -> None:
     assert result.body == openmetrics_body
     assert [outcome.error for outcome in result.outcomes] == errors
     assert {(c.family, c.kind) for c in result.conflicts} <= set(conflicts)
+
+
+@pytest.mark.parametrize("output", list(OutputFormat))
+@pytest.mark.parametrize("case", CASE_IDS)
+def test_table_fast_path_matches_general(case: str, output: OutputFormat) -> None:
+    targets = dict(INPUTS)[case]
+
+    fast = merge_targets(targets, output, label_name="worker", keep=None, use_fast_path=True)
+    general = merge_targets(targets, output, label_name="worker", keep=None, use_fast_path=False)
+
+    assert fast.body == general.body
+    assert fast.outcomes == general.outcomes
+    assert fast.conflicts == general.conflicts
 
 
 @pytest.mark.parametrize("case", CASE_IDS)

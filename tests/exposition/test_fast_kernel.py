@@ -172,6 +172,107 @@ def test_kernel_line_matches_general(line: str, output: OutputFormat, label: str
     assert fast_result.outcomes == general.outcomes
 
 
+# Families of every type, as (TYPE line, sample names), whose lines a merge into the other
+# format writes unchanged apart from the label, or splits into several output families.
+CROSS_FAMILIES = {
+    False: [
+        ("# TYPE c_total counter\n", ["c_total"]),
+        ("# TYPE c counter\n", ["c"]),
+        ("# TYPE g gauge\n", ["g"]),
+        ("", ["u"]),
+        ("# TYPE u untyped\n", ["u"]),
+        ("# TYPE h histogram\n", ["h_bucket", "h_sum", "h_count"]),
+        ("# TYPE s summary\n", ["s", "s_sum", "s_count"]),
+    ],
+    True: [
+        ("# TYPE c counter\n", ["c_total", "c_created"]),
+        ("# TYPE c counter\n", ["c_total"]),
+        ("# TYPE g gauge\n", ["g"]),
+        ("", ["u"]),
+        ("# TYPE h histogram\n", ["h_bucket", "h_sum", "h_count", "h_created"]),
+        ("# TYPE h histogram\n", ["h_bucket", "h_sum", "h_count"]),
+        ("# TYPE gh gaugehistogram\n", ["gh_bucket", "gh_gsum", "gh_gcount"]),
+        ("# TYPE s summary\n", ["s", "s_sum", "s_count", "s_created"]),
+        ("# TYPE i info\n", ["i_info"]),
+        ("# TYPE st stateset\n", ["st"]),
+        ("# TYPE n unknown\n", ["n"]),
+    ],
+}
+
+
+@st.composite
+def cross_format_bodies(draw: st.DrawFn, openmetrics: bool) -> bytes:
+    """Draw a body of one to three families, mostly of lines the kernel takes across formats."""
+    sections = []
+    for header, names in draw(st.lists(st.sampled_from(CROSS_FAMILIES[openmetrics]), min_size=1, max_size=3)):
+        lines = []
+        for _ in range(draw(st.integers(1, 6))):
+            name = draw(st.sampled_from(names))
+            labels = write_labels([("n", str(draw(st.integers(0, 10**6))))])
+            value = draw(st.sampled_from(["1", "-0", "NaN", "+Inf", "2.5"]))
+            # One line in ten has a timestamp and one in ten an exemplar, which the general
+            # reader converts or drops, so that most runs stay clean.
+            stamp = " 1700000000.5" if openmetrics else " 1700000000123"
+            tail = draw(st.sampled_from([""] * 9 + [stamp]))
+            if openmetrics:
+                tail += draw(st.sampled_from([""] * 9 + [' # {t="1"} 1']))
+            lines.append(f"{name}{{{labels}}} {value}{tail}\n")
+        sections.append(header + "".join(lines))
+    body = "".join(sections) + ("# EOF\n" if openmetrics else "")
+    return body.encode()
+
+
+def test_kernel_path_matches_general_across_formats() -> None:
+    counts: Counter[str] = Counter()
+
+    @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.data(), st.booleans())
+    def check(data: st.DataObject, openmetrics: bool) -> None:
+        source = OutputFormat.OPENMETRICS if openmetrics else OutputFormat.TEXT
+        output = OutputFormat.TEXT if openmetrics else OutputFormat.OPENMETRICS
+        target = st.tuples(cross_format_bodies(openmetrics), LABELS)
+        drawn = data.draw(st.lists(target, min_size=1, max_size=3))
+        with counting_kernel() as kernel:
+            fast_result, general = merge_both(targets_for(drawn, source), output)
+        counts.update(kernel)
+        counts["examples"] += 1
+        counts["examples with a run accepted"] += kernel["accepted"] > 0
+
+        assert fast_result.body == general.body
+        assert fast_result.outcomes == general.outcomes
+        assert fast_result.conflicts == general.conflicts
+
+    check()
+    assert counts["examples with a run accepted"] >= 0.7 * counts["examples"], counts
+    assert counts["accepted"] >= counts["rejected"], counts
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data(), st.sampled_from(OutputFormat), st.sampled_from(OutputFormat))
+def test_kernel_adversarial_across_formats(
+    data: st.DataObject, source: OutputFormat, output: OutputFormat
+) -> None:
+    openmetrics = source is OutputFormat.OPENMETRICS
+    lines = st.one_of(clean_lines(openmetrics), adversarial_lines())
+    drawn = data.draw(st.lists(st.tuples(bodies(lines, openmetrics), LABELS), min_size=1, max_size=3))
+
+    fast_result, general = merge_both(targets_for(drawn, source), output)
+
+    assert fast_result.body == general.body
+    assert fast_result.outcomes == general.outcomes
+    assert fast_result.conflicts == general.conflicts
+
+
+def test_kernel_converting_rejects_timestamps() -> None:
+    body = b"g 1\n# c\ng 2 1700000000123\n"
+
+    items = _relabel.scan_body(body, b'worker="0"', b"worker", False, True)
+
+    runs = [item for item in items if not isinstance(item, bytes)]
+    assert runs[0][3] == b'g{worker="0"} 1\n'
+    assert runs[1][3] is None
+
+
 @pytest.mark.parametrize(
     ("run", "accepted"),
     [
@@ -289,7 +390,9 @@ def test_kernel_survives_mutated_bodies() -> None:
             result = _relabel.relabel_run(body, (b"g", b"h_sum", b"c_total"), added, b"worker", openmetrics)
             if result is not None:
                 assert len(_relabel.series_keys(body, 0, len(body), openmetrics)) == result[1]
-            assert_items_cover(body, _relabel.scan_body(body, added, b"worker", openmetrics))
+            converting = rng.choice([False, True])
+            items = _relabel.scan_body(body, added, b"worker", openmetrics, converting)
+            assert_items_cover(body, items)
 
         output = rng.choice(list(OutputFormat))
         targets = [TargetBody("0", body, rng.choice([TEXT, OPENMETRICS]))]

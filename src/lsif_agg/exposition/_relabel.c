@@ -12,6 +12,11 @@
  * \\, \" and \n. The value and the timestamp are as syntax.py accepts them, and single blanks
  * separate the tokens. An exemplar, a label named like the added one, blank lines, `{}`, a
  * trailing comma and a series repeated within the run are all left to the general reader.
+ *
+ * When the output format differs from the body's, the general reader converts timestamps and
+ * drops exemplars but writes every other byte of a sample line as it came. So scan_body with
+ * `converting` set also leaves lines with a timestamp to the general reader, and read.py
+ * checks that the run's sample names all belong to one output family.
  */
 
 #define PY_SSIZE_T_CLEAN
@@ -75,6 +80,7 @@ typedef struct {
     const char *clashing; /* the added label's name, or NULL when no label is added */
     Py_ssize_t clashing_length;
     int openmetrics;
+    int converting; /* the output format differs, so a line with a timestamp is rejected */
 } Rules;
 
 static int
@@ -267,6 +273,8 @@ scan_line(const char *run, Py_ssize_t start, Py_ssize_t size, Rules *rules, Line
     if (!is_value(value, p))
         return -1;
     if (p < e && *p == ' ') {
+        if (rules->converting)
+            return -1;
         const char *timestamp = ++p;
         while (p < e && *p != ' ' && *p != '\n')
             p++;
@@ -424,6 +432,7 @@ read_rules(Rules *rules, PyObject *allowed, PyObject *clashing, int openmetrics)
         rules->clashing_length = PyBytes_GET_SIZE(clashing);
     }
     rules->openmetrics = openmetrics;
+    rules->converting = 0;
     return 0;
 }
 
@@ -587,7 +596,8 @@ series_keys(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (keys == NULL)
         return NULL;
 
-    Rules rules = {.count = 1, .collect = 0, .clashing = NULL, .openmetrics = openmetrics};
+    Rules rules = {
+        .count = 1, .collect = 0, .clashing = NULL, .openmetrics = openmetrics, .converting = 0};
     Py_ssize_t position = 0;
     while (position < size) {
         const char *p = run + position;
@@ -620,10 +630,14 @@ series_keys(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
  * run. Return where the run ends, or -1 with an exception set. */
 static Py_ssize_t
 append_run(PyObject *items, PyObject *body, Py_ssize_t start, PyObject *added,
-           PyObject *label_name, int openmetrics, LineBuffer *buffer)
+           PyObject *label_name, int openmetrics, int converting, LineBuffer *buffer)
 {
     const char *text = PyBytes_AS_STRING(body);
-    Rules rules = {.count = 0, .collect = 1, .clashing = NULL, .openmetrics = openmetrics};
+    Rules rules = {.count = 0,
+                   .collect = 1,
+                   .clashing = NULL,
+                   .openmetrics = openmetrics,
+                   .converting = converting};
     if (added != Py_None) {
         rules.clashing = PyBytes_AS_STRING(label_name);
         rules.clashing_length = PyBytes_GET_SIZE(label_name);
@@ -663,25 +677,31 @@ append_run(PyObject *items, PyObject *body, Py_ssize_t start, PyObject *added,
 }
 
 PyDoc_STRVAR(scan_body_doc,
-"scan_body(body, added_label, label_name, openmetrics, /)\n--\n\n"
+"scan_body(body, added_label, label_name, openmetrics, converting, /)\n--\n\n"
 "Split a body into comment lines and runs of other lines, and relabel each run.\n\n"
 "Return a list with a bytes object for each line that starts with `#`, and a tuple\n"
 "(start, end, names, block, lines) for each run body[start:end] between them: names lists\n"
 "the run's distinct sample names in order of first use, and block its relabelled lines.\n"
 "names and block are None when a line is not canonical or a series repeats, so that the\n"
-"general reader must read the run. The caller checks that the names belong to one family.");
+"general reader must read the run. The caller checks that the names belong to one family.\n"
+"converting is true when the output format differs from the body's; then lines with a\n"
+"timestamp are left to the general reader too, because it converts them.");
 
 static PyObject *
 scan_body(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;
-    if (nargs != 4 || !PyBytes_Check(args[0]) || (args[1] != Py_None && !PyBytes_Check(args[1])) ||
+    if (nargs != 5 || !PyBytes_Check(args[0]) || (args[1] != Py_None && !PyBytes_Check(args[1])) ||
         !PyBytes_Check(args[2])) {
-        PyErr_SetString(PyExc_TypeError, "scan_body takes (bytes, bytes | None, bytes, bool)");
+        PyErr_SetString(PyExc_TypeError,
+                        "scan_body takes (bytes, bytes | None, bytes, bool, bool)");
         return NULL;
     }
     int openmetrics = PyObject_IsTrue(args[3]);
     if (openmetrics < 0)
+        return NULL;
+    int converting = PyObject_IsTrue(args[4]);
+    if (converting < 0)
         return NULL;
 
     PyObject *body = args[0];
@@ -710,7 +730,8 @@ scan_body(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             position = end;
             continue;
         }
-        end = append_run(items, body, position, args[1], args[2], openmetrics, &buffer);
+        end = append_run(items, body, position, args[1], args[2], openmetrics, converting,
+                         &buffer);
         if (end < 0) {
             PyMem_Free(buffer.lines);
             Py_DECREF(items);

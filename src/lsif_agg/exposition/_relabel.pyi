@@ -2,7 +2,12 @@
 RunItem = tuple[int, int, tuple[bytes, ...] | None, bytes | None, int]
 
 def scan_body(
-    body: bytes, added_label: bytes | None, label_name: bytes, openmetrics: bool, /
+    body: bytes,
+    added_label: bytes | None,
+    label_name: bytes,
+    openmetrics: bool,
+    converting: bool,
+    /,
 ) -> list[bytes | RunItem]: ...
 def relabel_run(
     run: bytes,
