@@ -89,9 +89,9 @@ def http_get(url: str, headers: dict[str, str] | None = None, timeout: float = 1
         return error.code, dict(error.headers), error.read()
 
 
-def descendants(pid: int) -> list[int]:
-    """Return every live descendant of `pid`, read from /proc."""
-    children: dict[int, list[int]] = {}
+def process_table() -> dict[int, tuple[str, int]]:
+    """Map each process's pid to its state letter and parent pid, read from /proc."""
+    table = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -99,8 +99,17 @@ def descendants(pid: int) -> list[int]:
             stat = (entry / "stat").read_text()
         except OSError:
             continue
-        parent = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(parent, []).append(int(entry.name))
+        # The command name in brackets may hold blanks and brackets, so split after the last one.
+        state, parent = stat.rsplit(")", 1)[1].split()[:2]
+        table[int(entry.name)] = (state, int(parent))
+    return table
+
+
+def descendants(pid: int) -> list[int]:
+    """Return every live descendant of `pid`, read from /proc."""
+    children: dict[int, list[int]] = {}
+    for child, (_, parent) in process_table().items():
+        children.setdefault(parent, []).append(child)
     found: list[int] = []
     pending = [pid]
     while pending:

@@ -10,35 +10,19 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests.conftest import free_port, free_port_block, http_get, wait_for
+from tests.conftest import free_port, free_port_block, http_get, process_table, wait_for
 
 
 def zombie_children(pid: int) -> list[int]:
-    """Return the pids of zombie processes whose parent is `pid`, read from /proc."""
-    zombies = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] == "Z" and int(fields[1]) == pid:
-            zombies.append(int(entry.name))
-    return zombies
+    """Return the pids of zombie processes whose parent is `pid`."""
+    return [child for child, (state, parent) in process_table().items()
+            if state == "Z" and parent == pid]
 
 
 def child_of(parent: int) -> int | None:
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == parent:
-            return int(entry.name)
-    return None
+    """Return the pid of a child of `parent`, or None if it has none."""
+    children = [child for child, (_, ppid) in process_table().items() if ppid == parent]
+    return children[0] if children else None
 
 
 def test_entry_point_as_pid1(tmp_path: Path) -> None:

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 import signal
-import socket
 import sys
 import time
 import uuid
@@ -17,14 +15,12 @@ from typing import Any
 
 import pytest
 import uvloop
+from tests.conftest import free_port_block
 
 from lsif_agg.settings import Settings
 from lsif_agg.supervise import Supervisor
 
 CHILDREN = Path(__file__).with_name("children.py")
-# Ports for the tests are picked here: below Linux's ephemeral range (32768 and up), so client
-# sockets cannot take them, and far from the defaults 9090 and 3187.
-PORT_RANGE = (20000, 32000)
 MARK_VARIABLE = "LSIF_AGG_SUPERVISE_TEST"
 # How long the leftover check waits for processes to die and zombies to be reaped.
 LEFTOVER_SECONDS = 5.0
@@ -50,24 +46,6 @@ def child(kind: str, *args: str) -> tuple[str, ...]:
 @pytest.fixture
 def child_command() -> Callable[..., tuple[str, ...]]:
     return child
-
-
-def is_port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port_block(size: int) -> int:
-    """Return the first of `size` consecutive ports that are all free on 127.0.0.1 now."""
-    for _ in range(200):
-        base = random.randrange(PORT_RANGE[0], PORT_RANGE[1] - size)
-        if all(is_port_free(base + offset) for offset in range(size)):
-            return base
-    raise RuntimeError(f"no block of {size} free ports in {PORT_RANGE}")
 
 
 @pytest.fixture
