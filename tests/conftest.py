@@ -205,3 +205,31 @@ def start_lsif_agg(tmp_path: Path) -> Iterator[Callable[..., LsifAgg]]:
         for pid in leftovers:
             os.kill(pid, signal.SIGKILL)
         assert not leftovers, f"processes outlived lsif_agg: {leftovers}\n{agg.log()}"
+
+
+@pytest.fixture
+def prometheus_server(tmp_path: Path) -> Iterator[Callable[[int], str]]:
+    """Start a real Prometheus that scrapes a given port every second; yield its URL."""
+    processes: list[subprocess.Popen[bytes]] = []
+
+    def start(target_port: int) -> str:
+        binary = require_tool("prometheus")
+        port = free_port()
+        config = tmp_path / "prometheus.yml"
+        config.write_text(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n"
+            "scrape_configs:\n  - job_name: lsif_agg\n"
+            f"    static_configs:\n      - targets: ['127.0.0.1:{target_port}']\n")
+        log = (tmp_path / "prometheus.log").open("wb")
+        processes.append(subprocess.Popen(
+            [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
+             f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT))
+        url = f"http://127.0.0.1:{port}"
+        wait_for(lambda: http_get(url + "/-/ready")[0] == 200, "Prometheus to be ready")
+        return url
+
+    yield start
+
+    for process in processes:
+        process.terminate()
+        process.wait(timeout=30)

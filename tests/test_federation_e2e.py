@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,7 +20,6 @@ from prometheus_client.openmetrics.parser import (
 from prometheus_client.parser import text_string_to_metric_families
 from tests.conftest import (
     LsifAgg,
-    free_port,
     http_get,
     pids_alive,
     require_tool,
@@ -190,34 +189,6 @@ def test_sigterm_stops_every_child(start_lsif_agg: StartLsifAgg) -> None:
 
     assert agg.stop() == 0
     assert pids_alive(children) == []
-
-
-@pytest.fixture
-def prometheus_server(tmp_path: Path) -> Iterator[Callable[[int], str]]:
-    """Start a real Prometheus that scrapes a given port every second; yield its URL."""
-    processes: list[subprocess.Popen[bytes]] = []
-
-    def start(target_port: int) -> str:
-        binary = require_tool("prometheus")
-        port = free_port()
-        config = tmp_path / "prometheus.yml"
-        config.write_text(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n"
-            "scrape_configs:\n  - job_name: lsif_agg\n"
-            f"    static_configs:\n      - targets: ['127.0.0.1:{target_port}']\n")
-        log = (tmp_path / "prometheus.log").open("wb")
-        processes.append(subprocess.Popen(
-            [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
-             f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT))
-        url = f"http://127.0.0.1:{port}"
-        wait_for(lambda: http_get(url + "/-/ready")[0] == 200, "Prometheus to be ready")
-        return url
-
-    yield start
-
-    for process in processes:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def query(prometheus_url: str, expression: str) -> list[dict[str, object]]:
