@@ -51,7 +51,7 @@ class ScrapeResult:
 
 @dataclass(frozen=True, slots=True)
 class FanOut:
-    """The results of one fan-out; its generation tells fan-outs apart for caching."""
+    """The results of one fan-out, numbered by a generation that identifies it for caching."""
 
     generation: int
     results: tuple[ScrapeResult, ...]
