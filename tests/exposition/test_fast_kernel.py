@@ -1,9 +1,11 @@
 """The compiled kernel of the fast path: it writes the same bytes as the general reader, takes
 the clean input it is meant for, rejects what it must leave to the general reader, and never
-crashes on mutated bodies.
+crashes on mutated bodies. Also the general reader's shortcuts for common line shapes, which
+must give what its token-by-token reading gives.
 """
 
 import random
+import re
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -14,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lsif_agg.exposition import MergeResult, OutputFormat, TargetBody, _relabel, fast
+from lsif_agg.exposition import MergeResult, OutputFormat, TargetBody, _relabel, fast, syntax
 from lsif_agg.exposition.merge import merge_targets
 from lsif_agg.exposition.read import TargetReader
 
@@ -401,3 +403,44 @@ def test_kernel_survives_mutated_bodies() -> None:
         checked += 1
 
     assert checked >= 100, f"only {checked} bodies checked before the deadline"
+
+
+NEVER = re.compile(rb"(?!)")
+EXEMPLARS = [
+    "", "", "", ' # {t="1"} 1', ' # {t="1"} 1 1.5', ' # {t="a b", u="\\q",} 2', " # {} 1",
+    ' # {"q"} 1', ' # {t="1"}', ' # {t="1"} 1 ' + "1" * 70, ' # {t="1",t="2"} 1',
+    ' # {t="1"} 0x1', ' #{t="1"}1', ' # {"a.b"="1"} 1', ' # {t="1"} 1 1e3',
+]
+
+
+@contextmanager
+def token_reading_only() -> Iterator[None]:
+    """Turn off every shortcut of the general reader, so that it reads token by token."""
+    with (
+        mock.patch.object(TargetReader, "read_sample", TargetReader.read_any_sample),
+        mock.patch.object(syntax, "_LEGACY_LABEL_SET", NEVER),
+        mock.patch.object(syntax, "_CANONICAL_VALUE", NEVER),
+        mock.patch.object(syntax, "_COMMON_EXEMPLAR", NEVER),
+        mock.patch.object(syntax, "_PLAIN_SECONDS", NEVER),
+    ):
+        yield
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data(), st.sampled_from(OutputFormat), st.sampled_from(OutputFormat))
+def test_general_shortcuts_match_token_reading(
+    data: st.DataObject, source: OutputFormat, output: OutputFormat
+) -> None:
+    openmetrics = source is OutputFormat.OPENMETRICS
+    line = st.tuples(st.one_of(clean_lines(openmetrics), adversarial_lines()), st.sampled_from(EXEMPLARS))
+    lines = st.builds("".join, line)
+    drawn = data.draw(st.lists(st.tuples(bodies(lines, openmetrics), LABELS), min_size=1, max_size=3))
+    targets = targets_for(drawn, source)
+
+    shortcuts = merge_targets(targets, output, label_name="worker", keep=None, use_fast_path=False)
+    with token_reading_only():
+        tokens = merge_targets(targets, output, label_name="worker", keep=None, use_fast_path=False)
+
+    assert shortcuts.body == tokens.body
+    assert shortcuts.outcomes == tokens.outcomes
+    assert shortcuts.conflicts == tokens.conflicts

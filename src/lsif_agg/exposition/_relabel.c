@@ -26,7 +26,7 @@
 
 /* Far above what client libraries write. A line with more labels goes to the general reader. */
 #define MAX_LABELS 64
-/* As syntax._MAX_TIMESTAMP_LENGTH. */
+/* As syntax.MAX_TIMESTAMP_LENGTH. */
 #define MAX_TIMESTAMP_LENGTH 64
 /* A histogram or summary family has at most four sample names, and the mask has room for eight. */
 #define MAX_ALLOWED 8

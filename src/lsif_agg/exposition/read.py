@@ -44,6 +44,7 @@ class SourceFamily:
     help_conflict: bool = False
     unit_conflict: bool = False
     parts: dict[bytes, "Part"] = field(default_factory=dict)  # by output family name
+    sample_parts: dict[bytes, "Part"] = field(default_factory=dict)  # by sample name
 
 
 @dataclass(slots=True)
@@ -151,6 +152,9 @@ class TargetReader:
         self.families: dict[bytes, SourceFamily] = {}
         self.by_sample: dict[bytes, SourceFamily] = {}
         self.current: SourceFamily | None = None
+        self.common_line = (
+            syntax.COMMON_OPENMETRICS_LINE if openmetrics else syntax.COMMON_TEXT_LINE
+        )
 
     def read(self, body: bytes) -> list[Part]:
         """Read every line; OpenMetrics input ends at `# EOF`, which it must have."""
@@ -320,6 +324,11 @@ class TargetReader:
         return family
 
     def part_for(self, family: SourceFamily, name: bytes) -> Part:
+        # A family's type no longer changes once it has parts, so the part for a name is fixed.
+        part = family.sample_parts.get(name)
+        if part is not None:
+            return part
+
         output_name, kind = formats.output_family(
             self.source, self.output, family.kind, family.name, name
         )
@@ -328,15 +337,39 @@ class TargetReader:
             part = Part(output_name, kind, family)
             family.parts[output_name] = part
             self.parts.append(part)
+        family.sample_parts[name] = part
         return part
 
     def read_sample(self, line: bytes, number: int) -> None:
+        """Read a sample line of a common shape with one regex, or else token by token."""
+        common = self.common_line.fullmatch(line)
+        if common is None:
+            self.read_any_sample(line, number)
+            return
+        name, labels, value, timestamp, exemplar = common.groups()
+        if timestamp is not None and len(timestamp) > syntax.MAX_TIMESTAMP_LENGTH:
+            self.read_any_sample(line, number)  # for its error message
+            return
+
+        pairs = [] if labels is None else syntax.read_legacy_labels(labels)
+        if pairs:
+            pairs = self.check_label_names(pairs, number)
+        tail = b" " + value
+        if timestamp is not None:
+            tail += self.convert_timestamp(timestamp, number)
+        if exemplar is not None:
+            tail += self.read_exemplar(exemplar, number)
+
+        family = self.family_for(name)
+        self.add_sample(self.part_for(family, name), name, pairs, tail + b"\n")
+
+    def read_any_sample(self, line: bytes, number: int) -> None:
         sample = syntax.SAMPLE_LINE.fullmatch(line)
-        if sample is None or sample.group("name", "labels") == (None, None):
+        if sample is None:
             raise InvalidExposition(number, f"invalid sample line {_shorten(line)!r}")
-        name, labels, value, timestamp, exemplar = sample.group(
-            "name", "labels", "value", "timestamp", "exemplar"
-        )
+        name, labels, value, timestamp, exemplar = sample.groups()
+        if name is None and labels is None:
+            raise InvalidExposition(number, f"invalid sample line {_shorten(line)!r}")
 
         pairs: list[tuple[bytes, bytes]] = []
         if labels is not None:
@@ -360,33 +393,45 @@ class TargetReader:
             if name is not None:
                 raise InvalidExposition(number, "a sample with two metric names")
             name = quoted_name
-        if len({label for label, _ in pairs}) != len(pairs):
+        return name, self.check_label_names(pairs, number)
+
+    def check_label_names(
+        self, pairs: list[tuple[bytes, bytes]], number: int
+    ) -> list[tuple[bytes, bytes]]:
+        """Reject a label name given twice, and rename a label that clashes with the added one."""
+        values = dict(pairs)
+        if len(values) != len(pairs):
             raise InvalidExposition(number, "a label name given twice")
-        if self.added_label is not None and any(label == self.label_name for label, _ in pairs):
-            pairs = rename_clashing_label(pairs, self.label_name)
-        return name, pairs
+        if self.added_label is not None and self.label_name in values:
+            return rename_clashing_label(pairs, self.label_name, values)
+        return pairs
 
     def read_timestamp(self, timestamp: bytes | None, number: int) -> bytes:
         if timestamp is None:
             return b""
-        openmetrics = self.source is OutputFormat.OPENMETRICS
-        syntax.check_timestamp(timestamp, openmetrics, number)
+        syntax.check_timestamp(timestamp, self.source is OutputFormat.OPENMETRICS, number)
+        return self.convert_timestamp(timestamp, number)
+
+    def convert_timestamp(self, timestamp: bytes, number: int) -> bytes:
+        """Write a checked timestamp, with its leading blank, in the output format's unit."""
         if self.source is self.output:
             return b" " + timestamp
-        if openmetrics:
+        if self.source is OutputFormat.OPENMETRICS:
             return b" " + syntax.seconds_to_milliseconds(timestamp, number)
         return b" " + syntax.milliseconds_to_seconds(timestamp)
 
     def read_exemplar(self, exemplar: bytes, number: int) -> bytes:
         if self.source is not OutputFormat.OPENMETRICS:
             raise InvalidExposition(number, "an exemplar in a text 0.0.4 body")
-        written = syntax.read_exemplar(exemplar, number)
-        return written if self.output is OutputFormat.OPENMETRICS else b""
+        if self.output is OutputFormat.OPENMETRICS:
+            return syntax.read_exemplar(exemplar, number)
+        syntax.check_exemplar(exemplar, number)  # text 0.0.4 has no exemplars, but it must be valid
+        return b""
 
     def add_sample(
         self, part: Part, name: bytes, pairs: list[tuple[bytes, bytes]], tail: bytes
     ) -> None:
-        labels = b",".join(label + b'="' + value + b'"' for label, value in pairs)
+        labels = b",".join([b'%s="%s"' % pair for pair in pairs])
         if self.keep is not None and not self.keep(name.decode(), self.filter_labels(pairs)):
             return
 
@@ -447,7 +492,7 @@ def _read_metadata_name(rest: bytes) -> tuple[bytes, bytes]:
 
 
 def rename_clashing_label(
-    pairs: list[tuple[bytes, bytes]], label_name: bytes
+    pairs: list[tuple[bytes, bytes]], label_name: bytes, values: dict[bytes, bytes]
 ) -> list[tuple[bytes, bytes]]:
     """Keep a sample's own worker label as exported_worker, as Prometheus does.
 
@@ -455,7 +500,6 @@ def rename_clashing_label(
     is dropped, and it moves a clashing value to the first of exported_worker,
     exported_exported_worker, ... that is absent or empty.
     """
-    values = dict(pairs)
     clashing = values[label_name]
     if not clashing:
         return [(label, value) for label, value in pairs if label != label_name]

@@ -32,18 +32,50 @@ _LABEL_ITEM = re.compile(
     rb'(?:=[ \t]*"(?P<value>' + _QUOTED_TEXT + rb')")?[ \t]*(?P<comma>,|\Z)'
 )
 
+# A whole label set of legacy names only, blanks and a trailing comma allowed as _LABEL_ITEM
+# allows them, and one of its items. Most label sets match, and then one findall replaces the
+# item-by-item loop; any other set, and every invalid one, goes through that loop.
+_LEGACY_ITEM = _LABEL_NAME + rb'[ \t]*=[ \t]*"' + _QUOTED_TEXT + rb'"'
+_LEGACY_LABEL_SET = re.compile(
+    rb"[ \t]*(?:" + _LEGACY_ITEM + rb"[ \t]*,[ \t]*)*(?:" + _LEGACY_ITEM + rb"[ \t]*)?"
+)
+_LEGACY_PAIR = re.compile(rb"(" + _LABEL_NAME + rb')[ \t]*=[ \t]*"(' + _QUOTED_TEXT + rb')"')
+
 # The value tokens Prometheus accepts: decimal floats, Inf and NaN in any case. Go's ParseFloat
 # also accepts hexadecimal floats; they are rejected here because no client library writes them.
-_VALUE = re.compile(
+_VALUE_TOKEN = (
     rb"[+-]?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|[iI][nN][fF](?:[iI][nN][iI][tT][yY])?)"
     rb"|[nN][aA][nN]"
 )
-_TEXT_TIMESTAMP = re.compile(rb"[+-]?[0-9]{1,19}")  # int64 milliseconds
-_OPENMETRICS_TIMESTAMP = re.compile(rb"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
-_MAX_TIMESTAMP_LENGTH = 64  # far above any real timestamp; bounds the decimal arithmetic
+_VALUE = re.compile(_VALUE_TOKEN)
+_TEXT_TIMESTAMP_TOKEN = rb"[+-]?[0-9]{1,19}"  # int64 milliseconds
+_OPENMETRICS_TIMESTAMP_TOKEN = rb"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
+_TEXT_TIMESTAMP = re.compile(_TEXT_TIMESTAMP_TOKEN)
+_OPENMETRICS_TIMESTAMP = re.compile(_OPENMETRICS_TIMESTAMP_TOKEN)
+
+
+def _common_line(timestamp: bytes) -> re.Pattern[bytes]:
+    # A sample line that SAMPLE_LINE splits into the same tokens, with a legacy metric name, a
+    # label set that _LEGACY_LABEL_SET matches, and a valid value and timestamp. Each token must
+    # end at a blank or the line's end, as SAMPLE_LINE's tokens do, or the split could differ.
+    return re.compile(
+        rb"(" + _METRIC_NAME + rb")[ \t]*"
+        rb"(?:\{(" + _LEGACY_LABEL_SET.pattern + rb")\})?[ \t]*"
+        rb"(" + _VALUE_TOKEN + rb")(?=[ \t]|\Z)"
+        rb"(?:[ \t]+(" + timestamp + rb")(?=[ \t]|\Z))?[ \t]*"
+        rb"(?:#[ \t]*(.*))?"
+    )
+MAX_TIMESTAMP_LENGTH = 64  # far above any real timestamp; bounds the decimal arithmetic
+
+# The shapes client libraries write, matched with their label set and tokens checked in one
+# call; groups: name, labels, value, timestamp, exemplar. Other lines, valid or not, are read
+# with SAMPLE_LINE and the token checks, which also give the error messages.
+COMMON_TEXT_LINE = _common_line(_TEXT_TIMESTAMP_TOKEN)
+COMMON_OPENMETRICS_LINE = _common_line(_OPENMETRICS_TIMESTAMP_TOKEN)
 _INT64_LIMIT = 2**63
 
 _ESCAPE_IN_VALUE = re.compile(rb"\\(.)")
+_CANONICAL_VALUE = re.compile(rb'[^\\]*(?:\\[\\"n][^\\]*)*')  # escapes only \\, \" and \n
 _INVALID_METRIC_CHARACTER = re.compile(r"[^a-zA-Z0-9_:]")
 _INVALID_LABEL_CHARACTER = re.compile(r"[^a-zA-Z0-9_]")
 
@@ -86,7 +118,7 @@ def canonical_value(raw: bytes) -> bytes:
     `\\\\`, `\\"` and `\\n` stay; any other backslash is read as a literal backslash, as
     Prometheus's own reader does, and so is written back doubled.
     """
-    if b"\\" not in raw:
+    if b"\\" not in raw or _CANONICAL_VALUE.fullmatch(raw) is not None:
         return raw
     return _ESCAPE_IN_VALUE.sub(_canonical_escape, raw)
 
@@ -117,6 +149,9 @@ def read_labels(text: bytes, line: int) -> tuple[bytes | None, list[tuple[bytes,
 
     Label names come back in the legacy alphabet and values in canonical escaping.
     """
+    if _LEGACY_LABEL_SET.fullmatch(text) is not None:
+        return None, read_legacy_labels(text)
+
     metric_name: bytes | None = None
     pairs: list[tuple[bytes, bytes]] = []
     position = 0
@@ -141,6 +176,16 @@ def read_labels(text: bytes, line: int) -> tuple[bytes | None, list[tuple[bytes,
     return metric_name, pairs
 
 
+def read_legacy_labels(text: bytes) -> list[tuple[bytes, bytes]]:
+    """Read the inside of a label set that matches _LEGACY_LABEL_SET, as read_labels does."""
+    # Blanks and commas cannot start a match, so findall finds exactly the items.
+    pairs: list[tuple[bytes, bytes]] = _LEGACY_PAIR.findall(text)
+    # Backslashes occur only inside values, so one check of the whole set covers them all.
+    if b"\\" in text and _CANONICAL_VALUE.fullmatch(text) is None:
+        pairs = [(name, canonical_value(value)) for name, value in pairs]
+    return pairs
+
+
 def check_value(value: bytes, line: int) -> None:
     if _VALUE.fullmatch(value) is None:
         raise InvalidExposition(line, f"invalid sample value {value.decode(errors='replace')!r}")
@@ -148,29 +193,45 @@ def check_value(value: bytes, line: int) -> None:
 
 def check_timestamp(timestamp: bytes, openmetrics: bool, line: int) -> None:
     pattern = _OPENMETRICS_TIMESTAMP if openmetrics else _TEXT_TIMESTAMP
-    if len(timestamp) > _MAX_TIMESTAMP_LENGTH or pattern.fullmatch(timestamp) is None:
-        shown = timestamp[:_MAX_TIMESTAMP_LENGTH].decode(errors="replace")
+    if len(timestamp) > MAX_TIMESTAMP_LENGTH or pattern.fullmatch(timestamp) is None:
+        shown = timestamp[:MAX_TIMESTAMP_LENGTH].decode(errors="replace")
         raise InvalidExposition(line, f"invalid timestamp {shown!r}")
 
 
-# Enough digits for any timestamp of _MAX_TIMESTAMP_LENGTH characters, so that scaling by 1000
+# Enough digits for any timestamp of MAX_TIMESTAMP_LENGTH characters, so that scaling by 1000
 # is exact; the exponent range is wide enough for every value the patterns above admit.
-_EXACT = decimal.Context(prec=2 * _MAX_TIMESTAMP_LENGTH, Emax=10**6, Emin=-(10**6))
+_EXACT = decimal.Context(prec=2 * MAX_TIMESTAMP_LENGTH, Emax=10**6, Emin=-(10**6))
 
 
 def milliseconds_to_seconds(timestamp: bytes) -> bytes:
-    """Convert a text 0.0.4 timestamp (integer ms) to OpenMetrics seconds, exactly."""
-    seconds = decimal.Decimal(timestamp.decode()).scaleb(-3, _EXACT)
-    if seconds.is_zero():
+    """Convert a checked text 0.0.4 timestamp (integer ms) to OpenMetrics seconds, exactly.
+
+    The digits are only moved past a decimal point, which is faster than decimal arithmetic.
+    """
+    digits = timestamp.lstrip(b"+-").lstrip(b"0")
+    if not digits:
         return b"0"
-    written = format(seconds, "f")
-    if "." in written:
-        written = written.rstrip("0").rstrip(".")
-    return written.encode()
+    whole = digits[:-3] or b"0"
+    fraction = digits[-3:].rjust(3, b"0").rstrip(b"0")
+    written = whole + b"." + fraction if fraction else whole
+    return b"-" + written if timestamp[:1] == b"-" else written
+
+
+# Seconds without an exponent and with at most 15 whole digits, so that the milliseconds fit
+# in an int64 and can be written by moving the decimal point.
+_PLAIN_SECONDS = re.compile(rb"([+-]?)([0-9]{0,15})(?:\.([0-9]*))?")
 
 
 def seconds_to_milliseconds(timestamp: bytes, line: int) -> bytes:
     """Convert an OpenMetrics timestamp (seconds) to integer ms; sub-ms digits are cut off."""
+    plain = _PLAIN_SECONDS.fullmatch(timestamp)
+    if plain is not None:
+        sign, whole, fraction = plain.groups()
+        digits = (whole + ((fraction or b"") + b"000")[:3]).lstrip(b"0")
+        if not digits:
+            return b"0"
+        return b"-" + digits if sign == b"-" else digits
+
     milliseconds = decimal.Decimal(timestamp.decode()).scaleb(3, _EXACT)
     whole = int(milliseconds.to_integral_value(decimal.ROUND_DOWN, _EXACT))
     if not -_INT64_LIMIT <= whole < _INT64_LIMIT:
@@ -184,8 +245,31 @@ _EXEMPLAR = re.compile(
 )
 
 
+# An exemplar of legacy label names with valid tokens, which needs no further check.
+_COMMON_EXEMPLAR = re.compile(
+    rb"\{(" + _LEGACY_LABEL_SET.pattern + rb")\}[ \t]*(" + _VALUE_TOKEN + rb")"
+    rb"(?:[ \t]+(" + _OPENMETRICS_TIMESTAMP_TOKEN + rb"))?"
+)
+
+
+def check_exemplar(text: bytes, line: int) -> None:
+    """Check what follows `#` on an OpenMetrics sample line, as read_exemplar does."""
+    common = _COMMON_EXEMPLAR.fullmatch(text)
+    if common is None or (common[3] is not None and len(common[3]) > MAX_TIMESTAMP_LENGTH):
+        read_exemplar(text, line)
+
+
 def read_exemplar(text: bytes, line: int) -> bytes:
     """Read what follows `#` on an OpenMetrics sample line and write it back canonically."""
+    common = _COMMON_EXEMPLAR.fullmatch(text)
+    if common is not None:
+        labels, value, timestamp = common.groups()
+        if timestamp is None or len(timestamp) <= MAX_TIMESTAMP_LENGTH:
+            pairs = read_legacy_labels(labels)
+            written = b" # {" + b",".join([b'%s="%s"' % pair for pair in pairs])
+            written += b"} " + value
+            return written if timestamp is None else written + b" " + timestamp
+
     exemplar = _EXEMPLAR.fullmatch(text)
     if exemplar is None:
         raise InvalidExposition(line, "invalid exemplar")
