@@ -107,10 +107,10 @@ def main() -> None:
     print(f"clean, OpenMetrics to text (fast path): {steady / 1e6:.2f} M samples/s")
 
     first, steady = measure(lambda: merge(stamped, OutputFormat.OPENMETRICS), samples)
-    print(f"clean with timestamps, text to OpenMetrics (general path): {steady / 1e6:.2f} M samples/s")
+    print(f"clean with timestamps, text to OpenMetrics (general path): {steady / 1e6:.3f} M samples/s")
 
     first, steady = measure(lambda: merge(quirky, OutputFormat.TEXT), samples)
-    print(f"quirky, OpenMetrics to text (general path): {steady / 1e6:.2f} M samples/s")
+    print(f"quirky, OpenMetrics to text (general path): {steady / 1e6:.3f} M samples/s")
 
 
 if __name__ == "__main__":
