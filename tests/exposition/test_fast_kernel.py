@@ -213,9 +213,9 @@ def cross_format_bodies(draw: st.DrawFn, openmetrics: bool) -> bytes:
             labels = write_labels([("n", str(draw(st.integers(0, 10**6))))])
             value = draw(st.sampled_from(["1", "-0", "NaN", "+Inf", "2.5"]))
             # One line in ten has a timestamp and one in ten an exemplar, which the general
-            # reader converts or drops, so that most runs stay clean.
-            stamp = " 1700000000.5" if openmetrics else " 1700000000123"
-            tail = draw(st.sampled_from([""] * 9 + [stamp]))
+            # reader converts or drops, so that most OpenMetrics runs stay clean.
+            stamps = [" 1700000000.5"] if openmetrics else [" 1700000000123", " -5", " +0", " 0001000"]
+            tail = draw(st.sampled_from([""] * 9 + stamps))
             if openmetrics:
                 tail += draw(st.sampled_from([""] * 9 + [' # {t="1"} 1']))
             lines.append(f"{name}{{{labels}}} {value}{tail}\n")
@@ -265,14 +265,30 @@ def test_kernel_adversarial_across_formats(
     assert fast_result.conflicts == general.conflicts
 
 
-def test_kernel_converting_rejects_timestamps() -> None:
-    body = b"g 1\n# c\ng 2 1700000000123\n"
+def test_kernel_converting_text_timestamps() -> None:
+    body = b'g 1\n# c\ng{a="1"} 2 1700000000123\ng 3 -5\n'
 
     items = _relabel.scan_body(body, b'worker="0"', b"worker", False, True)
 
     runs = [item for item in items if not isinstance(item, bytes)]
     assert runs[0][3] == b'g{worker="0"} 1\n'
+    assert runs[1][3] == b'g{worker="0",a="1"} 2 1700000000.123\ng{worker="0"} 3 -0.005\n'
+
+
+def test_kernel_converting_rejects_openmetrics_timestamps() -> None:
+    body = b"g 1\n# c\ng 2 1700000000.5\n"
+
+    items = _relabel.scan_body(body, b'worker="0"', b"worker", True, True)
+
+    runs = [item for item in items if not isinstance(item, bytes)]
+    assert runs[0][3] == b'g{worker="0"} 1\n'
     assert runs[1][3] is None
+
+
+def test_kernel_converting_without_label_rejects_timestamps() -> None:
+    items = _relabel.scan_body(b"g 1 5\n", None, b"worker", False, True)
+
+    assert items == [(0, 6, None, None, 0)]
 
 
 @pytest.mark.parametrize(

@@ -15,8 +15,9 @@
  *
  * When the output format differs from the body's, the general reader converts timestamps and
  * drops exemplars but writes every other byte of a sample line as it came. So scan_body with
- * `converting` set also leaves lines with a timestamp to the general reader, and read.py
- * checks that the run's sample names all belong to one output family.
+ * `converting` set writes a text body's integer milliseconds as OpenMetrics seconds. It leaves
+ * lines of an OpenMetrics body with a timestamp to the general reader. read.py checks that the
+ * run's sample names all belong to one output family.
  */
 
 #define PY_SSIZE_T_CLEAN
@@ -69,6 +70,7 @@ typedef struct {
     Py_ssize_t name_end; /* the byte after the metric name: `{` or the blank */
     Py_ssize_t key_end;  /* the byte after the series: after `}`, or name_end */
     Py_ssize_t end;      /* the newline, or the end of a run without a final newline */
+    Py_ssize_t stamp;    /* the timestamp's first byte when it is converted, else -1 */
     uint64_t hash;       /* of the series bytes, for finding repeats */
 } Line;
 
@@ -80,7 +82,7 @@ typedef struct {
     const char *clashing; /* the added label's name, or NULL when no label is added */
     Py_ssize_t clashing_length;
     int openmetrics;
-    int converting; /* the output format differs, so a line with a timestamp is rejected */
+    int converting; /* the output format differs: text timestamps are converted, others rejected */
 } Rules;
 
 static int
@@ -272,14 +274,17 @@ scan_line(const char *run, Py_ssize_t start, Py_ssize_t size, Rules *rules, Line
         p++;
     if (!is_value(value, p))
         return -1;
+    line->stamp = -1;
     if (p < e && *p == ' ') {
-        if (rules->converting)
-            return -1;
+        if (rules->converting && rules->openmetrics)
+            return -1; /* seconds to milliseconds is left to the general reader */
         const char *timestamp = ++p;
         while (p < e && *p != ' ' && *p != '\n')
             p++;
         if (!is_timestamp(timestamp, p, rules->openmetrics))
             return -1;
+        if (rules->converting)
+            line->stamp = timestamp - run;
     }
     if (p < e && *p != '\n')
         return -1; /* an exemplar or a trailing blank */
@@ -436,7 +441,50 @@ read_rules(Rules *rules, PyObject *allowed, PyObject *clashing, int openmetrics)
     return 0;
 }
 
-/* Write each line with the added label first in its label set. */
+/* Write checked integer milliseconds s..e as seconds, as syntax.milliseconds_to_seconds does,
+ * and return the length written: at most 4 bytes more than e - s, for "5" becomes "0.005". */
+static Py_ssize_t
+write_seconds(char *out, const char *s, const char *e)
+{
+    int negative = *s == '-';
+    if (*s == '+' || *s == '-')
+        s++;
+    while (s < e && *s == '0')
+        s++;
+    Py_ssize_t digits = e - s;
+    if (digits == 0) {
+        *out = '0';
+        return 1;
+    }
+
+    char *start = out;
+    if (negative)
+        *out++ = '-';
+    if (digits > 3) {
+        memcpy(out, s, (size_t)(digits - 3));
+        out += digits - 3;
+    }
+    else {
+        *out++ = '0';
+    }
+    char fraction[3];
+    for (Py_ssize_t i = 0; i < 3; i++) {
+        Py_ssize_t index = digits - 3 + i;
+        fraction[i] = index >= 0 ? s[index] : '0';
+    }
+    int length = 3;
+    while (length > 0 && fraction[length - 1] == '0')
+        length--;
+    if (length > 0) {
+        *out++ = '.';
+        memcpy(out, fraction, (size_t)length);
+        out += length;
+    }
+    return out - start;
+}
+
+/* Write each line with the added label first in its label set, and its timestamp converted
+ * when `stamp` marks one. */
 static PyObject *
 write_relabelled(const char *run, const Line *lines, Py_ssize_t count, const char *added,
                  Py_ssize_t added_length)
@@ -446,6 +494,7 @@ write_relabelled(const char *run, const Line *lines, Py_ssize_t count, const cha
         const Line *line = &lines[i];
         size += line->end - line->start + 1 + added_length;
         size += line->key_end == line->name_end ? 2 : 1; /* `{` and `}`, or `,` */
+        size += line->stamp >= 0 ? 4 : 0;
     }
     PyObject *block = PyBytes_FromStringAndSize(NULL, size);
     if (block == NULL)
@@ -467,12 +516,29 @@ write_relabelled(const char *run, const Line *lines, Py_ssize_t count, const cha
             *out++ = ',';
             name_length++; /* the `{` is already written */
         }
-        Py_ssize_t rest = line->end - line->start - name_length;
+        Py_ssize_t copied_end = line->stamp >= 0 ? line->stamp : line->end;
+        Py_ssize_t rest = copied_end - line->start - name_length;
         memcpy(out, run + line->start + name_length, (size_t)rest);
         out += rest;
+        if (line->stamp >= 0)
+            out += write_seconds(out, run + line->stamp, run + line->end);
         *out++ = '\n';
     }
+
+    Py_ssize_t written = out - PyBytes_AS_STRING(block);
+    if (written != size && _PyBytes_Resize(&block, written) < 0)
+        return NULL;
     return block;
+}
+
+static int
+has_converted_stamps(const Line *lines, Py_ssize_t count)
+{
+    for (Py_ssize_t i = 0; i < count; i++) {
+        if (lines[i].stamp >= 0)
+            return 1;
+    }
+    return 0;
 }
 
 /* Copy the lines unchanged, with a final newline. */
@@ -509,6 +575,8 @@ relabel(const char *text, Py_ssize_t start, Py_ssize_t size, Rules *rules, PyObj
     }
     if (repeated)
         return 0;
+    if (added == Py_None && has_converted_stamps(buffer->lines, count))
+        return 0; /* write_unchanged copies timestamps as they are */
 
     *block = added == Py_None
         ? write_unchanged(text + start, *run_end - start)
