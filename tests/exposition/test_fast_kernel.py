@@ -214,7 +214,9 @@ def cross_format_bodies(draw: st.DrawFn, openmetrics: bool) -> bytes:
             value = draw(st.sampled_from(["1", "-0", "NaN", "+Inf", "2.5"]))
             # One line in ten has a timestamp and one in ten an exemplar, which the general
             # reader converts or drops, so that most OpenMetrics runs stay clean.
-            stamps = [" 1700000000.5"] if openmetrics else [" 1700000000123", " -5", " +0", " 0001000"]
+            text_stamps = [" 1700000000123", " -5", " +0", " 0001000"]
+            openmetrics_stamps = [" 1700000000.5", " 1.5e3", " -0.0001", " 5", " 1234567890123456"]
+            stamps = openmetrics_stamps if openmetrics else text_stamps
             tail = draw(st.sampled_from([""] * 9 + stamps))
             if openmetrics:
                 tail += draw(st.sampled_from([""] * 9 + [' # {t="1"} 1']))
@@ -275,14 +277,14 @@ def test_kernel_converting_text_timestamps() -> None:
     assert runs[1][3] == b'g{worker="0",a="1"} 2 1700000000.123\ng{worker="0"} 3 -0.005\n'
 
 
-def test_kernel_converting_rejects_openmetrics_timestamps() -> None:
-    body = b"g 1\n# c\ng 2 1700000000.5\n"
+def test_kernel_converting_openmetrics_timestamps() -> None:
+    body = b'g 1 1700000000.5\ng{a="2"} 2 -0.0001\n# c\ng 3 1.5e3\n'
 
     items = _relabel.scan_body(body, b'worker="0"', b"worker", True, True)
 
     runs = [item for item in items if not isinstance(item, bytes)]
-    assert runs[0][3] == b'g{worker="0"} 1\n'
-    assert runs[1][3] is None
+    assert runs[0][3] == b'g{worker="0"} 1 1700000000500\ng{worker="0",a="2"} 2 0\n'
+    assert runs[1][3] is None  # an exponent is left to the general reader
 
 
 def test_kernel_converting_without_label_rejects_timestamps() -> None:

@@ -15,9 +15,10 @@
  *
  * When the output format differs from the body's, the general reader converts timestamps and
  * drops exemplars but writes every other byte of a sample line as it came. So scan_body with
- * `converting` set writes a text body's integer milliseconds as OpenMetrics seconds. It leaves
- * lines of an OpenMetrics body with a timestamp to the general reader. read.py checks that the
- * run's sample names all belong to one output family.
+ * `converting` set writes a text body's integer milliseconds as OpenMetrics seconds, and
+ * OpenMetrics seconds without an exponent as milliseconds. It leaves other OpenMetrics
+ * timestamps to the general reader. read.py checks that the run's sample names all belong to
+ * one output family.
  */
 
 #define PY_SSIZE_T_CLEAN
@@ -82,7 +83,7 @@ typedef struct {
     const char *clashing; /* the added label's name, or NULL when no label is added */
     Py_ssize_t clashing_length;
     int openmetrics;
-    int converting; /* the output format differs: text timestamps are converted, others rejected */
+    int converting; /* the output format differs, so timestamps are converted or rejected */
 } Rules;
 
 static int
@@ -240,6 +241,28 @@ scan_labels(const char *p, const char *e, const Rules *rules)
     }
 }
 
+/* Whether checked OpenMetrics seconds have no exponent and at most 15 whole digits, so that
+ * their milliseconds fit in an int64, as syntax._PLAIN_SECONDS. */
+static int
+is_plain_seconds(const char *s, const char *e)
+{
+    if (s < e && (*s == '+' || *s == '-'))
+        s++;
+    Py_ssize_t whole = 0;
+    while (s < e && IS(*s, DIGIT)) {
+        s++;
+        whole++;
+    }
+    if (whole > 15)
+        return 0;
+    if (s < e && *s == '.') {
+        s++;
+        while (s < e && IS(*s, DIGIT))
+            s++;
+    }
+    return s == e;
+}
+
 /* Check one line that starts at `start`; fill `line` and return the allowed name's index,
  * or -1 when the general reader must read it. */
 static int
@@ -276,13 +299,13 @@ scan_line(const char *run, Py_ssize_t start, Py_ssize_t size, Rules *rules, Line
         return -1;
     line->stamp = -1;
     if (p < e && *p == ' ') {
-        if (rules->converting && rules->openmetrics)
-            return -1; /* seconds to milliseconds is left to the general reader */
         const char *timestamp = ++p;
         while (p < e && *p != ' ' && *p != '\n')
             p++;
         if (!is_timestamp(timestamp, p, rules->openmetrics))
             return -1;
+        if (rules->converting && rules->openmetrics && !is_plain_seconds(timestamp, p))
+            return -1; /* the general reader converts it with decimal arithmetic */
         if (rules->converting)
             line->stamp = timestamp - run;
     }
@@ -483,11 +506,44 @@ write_seconds(char *out, const char *s, const char *e)
     return out - start;
 }
 
+/* Write checked plain seconds s..e as integer milliseconds, cutting the digits after the
+ * third decimal, as syntax.seconds_to_milliseconds does. Return the length written: at most
+ * 3 bytes more than e - s, for "5" becomes "5000". */
+static Py_ssize_t
+write_milliseconds(char *out, const char *s, const char *e)
+{
+    int negative = *s == '-';
+    if (*s == '+' || *s == '-')
+        s++;
+    char digits[15 + 3];
+    Py_ssize_t count = 0;
+    while (s < e && *s != '.')
+        digits[count++] = *s++;
+    if (s < e)
+        s++; /* the decimal point */
+    for (int i = 0; i < 3; i++)
+        digits[count++] = s < e ? *s++ : '0';
+
+    Py_ssize_t first = 0;
+    while (first < count && digits[first] == '0')
+        first++;
+    if (first == count) {
+        *out = '0';
+        return 1;
+    }
+    char *start = out;
+    if (negative)
+        *out++ = '-';
+    memcpy(out, digits + first, (size_t)(count - first));
+    out += count - first;
+    return out - start;
+}
+
 /* Write each line with the added label first in its label set, and its timestamp converted
  * when `stamp` marks one. */
 static PyObject *
 write_relabelled(const char *run, const Line *lines, Py_ssize_t count, const char *added,
-                 Py_ssize_t added_length)
+                 Py_ssize_t added_length, int openmetrics)
 {
     Py_ssize_t size = 0;
     for (Py_ssize_t i = 0; i < count; i++) {
@@ -520,7 +576,9 @@ write_relabelled(const char *run, const Line *lines, Py_ssize_t count, const cha
         Py_ssize_t rest = copied_end - line->start - name_length;
         memcpy(out, run + line->start + name_length, (size_t)rest);
         out += rest;
-        if (line->stamp >= 0)
+        if (line->stamp >= 0 && openmetrics)
+            out += write_milliseconds(out, run + line->stamp, run + line->end);
+        else if (line->stamp >= 0)
             out += write_seconds(out, run + line->stamp, run + line->end);
         *out++ = '\n';
     }
@@ -581,7 +639,7 @@ relabel(const char *text, Py_ssize_t start, Py_ssize_t size, Rules *rules, PyObj
     *block = added == Py_None
         ? write_unchanged(text + start, *run_end - start)
         : write_relabelled(text, buffer->lines, count, PyBytes_AS_STRING(added),
-                           PyBytes_GET_SIZE(added));
+                           PyBytes_GET_SIZE(added), rules->openmetrics);
     return *block == NULL ? -1 : count;
 }
 
