@@ -38,7 +38,9 @@ def test_entry_point_as_pid1(tmp_path: Path) -> None:
     log_path = tmp_path / "lsif_agg.log"
     with log_path.open("wb") as log:
         namespace = subprocess.Popen(
-            [unshare, "--pid", "--fork", "--mount-proc", sys.executable, "-m", "lsif_agg",
+            # --kill-child: should the test kill unshare, PID 1 of the namespace dies with it.
+            [unshare, "--pid", "--fork", "--kill-child", "--mount-proc", sys.executable, "-m",
+             "lsif_agg",
              "--workers", "2", "--base-port", str(base_port),
              "--listen", f"127.0.0.1:{listen_port}", "--grace-period", "5",
              "--", "sh", "-c", worker],

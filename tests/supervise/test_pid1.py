@@ -61,6 +61,7 @@ def test_pid1_reaps_orphans(loop: str, tmp_path: Path, make_settings: Callable[.
         unshare,
         "--pid",
         "--fork",
+        "--kill-child",  # should the test kill unshare, the harness dies with it
         "--mount-proc",
         sys.executable,
         str(HARNESS),
