@@ -58,10 +58,6 @@ class Settings:
     log_format: LogFormat
     log_level: str
 
-    @property
-    def uses_sample_worker(self) -> bool:
-        return self.worker_command == sample_worker_command()
-
     def worker_port(self, index: int) -> int:
         """Return worker `index`'s metrics port: the base port plus the index."""
         return self.base_port + index
@@ -101,6 +97,8 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     add = parser.add_argument
     add("--version", action="version", version=f"lsif-agg {__version__}")
+
+    # Processes and their commands.
     add("--workers", metavar="N",
         help="number of worker processes, 0 or more "
              "(env WORKERS, LSIF_NUM_WORKERS or NUM_WORKERS; default 1)")
@@ -110,6 +108,8 @@ def _build_parser() -> argparse.ArgumentParser:
     add("--servers", metavar="N",
         help="number of server processes, 0 or 1 (env LSIF_NUM_SERVERS; "
              "default 1 when a server command is given, else 0)")
+
+    # Ports and the federation endpoint.
     add("--base-port", metavar="PORT",
         help=f"metrics port of worker 0; worker i gets base + i "
              f"(env LSIF_AGG_BASE_PORT; default {DEFAULT_BASE_PORT})")
@@ -123,6 +123,8 @@ def _build_parser() -> argparse.ArgumentParser:
         help=f"deadline of one scrape of all targets, when the scraper sends none "
              f"in X-Prometheus-Scrape-Timeout-Seconds "
              f"(env LSIF_AGG_SCRAPE_TIMEOUT; default {DEFAULT_SCRAPE_TIMEOUT:g} s)")
+
+    # Stopping and restarting.
     add("--grace-period", metavar="SECONDS",
         help=f"time between SIGTERM and SIGKILL when stopping processes "
              f"(env LSIF_AGG_GRACE_PERIOD; default {DEFAULT_GRACE_PERIOD:g} s)")
@@ -140,10 +142,13 @@ def _build_parser() -> argparse.ArgumentParser:
     add("--early-exit-seconds", metavar="SECONDS",
         help=f"an exit within this time after start counts as early "
              f"(env LSIF_AGG_EARLY_EXIT_SECONDS; default {DEFAULT_EARLY_EXIT_SECONDS:g} s)")
+
+    # Logs.
     add("--log-format", metavar="FORMAT",
         help="'text' or 'json' (env LSIF_AGG_LOG_FORMAT; default text)")
     add("--log-level", metavar="LEVEL",
         help="debug, info, warning or error (env LSIF_AGG_LOG_LEVEL; default info)")
+
     add("command", nargs=argparse.REMAINDER,
         help="worker command after `--` (env WORKER_COMMAND, split like a shell would; "
              "default: the built-in sample worker)")
@@ -154,22 +159,23 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
     """Build Settings from `argv` (without the program name) and `environ`; raise SettingsError."""
     args = _build_parser().parse_args(list(argv))
 
-    def pick(flag_value: str | None, *variables: str) -> tuple[str | None, str]:
+    def pick(flag: str, *variables: str) -> tuple[str | None, str]:
         """Return the value and where it came from: the flag, else the first variable that is set."""
+        flag_value: str | None = getattr(args, flag.removeprefix("--").replace("-", "_"))
         if flag_value is not None:
-            return flag_value, "--" + _flag_of(variables[0])
+            return flag_value, flag
         for name in variables:
             if environ.get(name, "") != "":
                 return environ[name], name
         return None, ""
 
-    workers = _parse_int(*pick(args.workers, "WORKERS", "LSIF_NUM_WORKERS", "NUM_WORKERS"),
-                         default=1, minimum=0, what="worker count")
+    workers = _parse_int(*pick("--workers", "WORKERS", "LSIF_NUM_WORKERS", "NUM_WORKERS"),
+                         default=1, minimum=0, description="worker count")
     worker_command = _parse_worker_command(args.command, environ)
-    server_command = _parse_command(*pick(args.server_command, "SERVER_COMMAND"))
-    servers_text, servers_source = pick(args.servers, "LSIF_NUM_SERVERS")
+    server_command = _parse_command(*pick("--server-command", "SERVER_COMMAND"))
+    servers_text, servers_source = pick("--servers", "LSIF_NUM_SERVERS")
     servers = _parse_int(servers_text, servers_source,
-                         default=1 if server_command else 0, minimum=0, what="server count")
+                         default=1 if server_command else 0, minimum=0, description="server count")
     if servers > 1:
         raise SettingsError(
             f"invalid server count {servers} from {servers_source}: lsif_agg runs at most one "
@@ -179,9 +185,9 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
             f"{servers_source} asks for a server process, but no server command is set. "
             f"Pass --server-command or set SERVER_COMMAND, or set {servers_source}=0.")
 
-    base_port = _parse_port(*pick(args.base_port, "LSIF_AGG_BASE_PORT"), DEFAULT_BASE_PORT)
-    server_port = _parse_port(*pick(args.server_port, "LSIF_AGG_SERVER_PORT"), DEFAULT_SERVER_PORT)
-    listen_host, listen_port = _parse_listen(*pick(args.listen, "LSIF_AGG_LISTEN"))
+    base_port = _parse_port(*pick("--base-port", "LSIF_AGG_BASE_PORT"), DEFAULT_BASE_PORT)
+    server_port = _parse_port(*pick("--server-port", "LSIF_AGG_SERVER_PORT"), DEFAULT_SERVER_PORT)
+    listen_host, listen_port = _parse_listen(*pick("--listen", "LSIF_AGG_LISTEN"))
 
     settings = Settings(
         workers=workers,
@@ -191,23 +197,23 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
         server_port=server_port,
         listen_host=listen_host,
         listen_port=listen_port,
-        scrape_timeout=_parse_seconds(*pick(args.scrape_timeout, "LSIF_AGG_SCRAPE_TIMEOUT"),
+        scrape_timeout=_parse_seconds(*pick("--scrape-timeout", "LSIF_AGG_SCRAPE_TIMEOUT"),
                                       DEFAULT_SCRAPE_TIMEOUT, positive=True),
-        grace_period=_parse_seconds(*pick(args.grace_period, "LSIF_AGG_GRACE_PERIOD"),
+        grace_period=_parse_seconds(*pick("--grace-period", "LSIF_AGG_GRACE_PERIOD"),
                                     DEFAULT_GRACE_PERIOD, positive=False),
-        on_exit=_parse_choice(*pick(args.on_exit, "LSIF_AGG_ON_EXIT"), ("restart", "exit")),  # type: ignore[arg-type]
-        backoff_initial=_parse_seconds(*pick(args.backoff_initial, "LSIF_AGG_BACKOFF_INITIAL"),
+        on_exit=_parse_choice(*pick("--on-exit", "LSIF_AGG_ON_EXIT"), ("restart", "exit")),  # type: ignore[arg-type]
+        backoff_initial=_parse_seconds(*pick("--backoff-initial", "LSIF_AGG_BACKOFF_INITIAL"),
                                        DEFAULT_BACKOFF_INITIAL, positive=True),
-        backoff_max=_parse_seconds(*pick(args.backoff_max, "LSIF_AGG_BACKOFF_MAX"),
+        backoff_max=_parse_seconds(*pick("--backoff-max", "LSIF_AGG_BACKOFF_MAX"),
                                    DEFAULT_BACKOFF_MAX, positive=True),
-        max_early_exits=_parse_int(*pick(args.max_early_exits, "LSIF_AGG_MAX_EARLY_EXITS"),
+        max_early_exits=_parse_int(*pick("--max-early-exits", "LSIF_AGG_MAX_EARLY_EXITS"),
                                    default=DEFAULT_MAX_EARLY_EXITS, minimum=0,
-                                   what="early exit limit"),
+                                   description="early exit limit"),
         early_exit_seconds=_parse_seconds(
-            *pick(args.early_exit_seconds, "LSIF_AGG_EARLY_EXIT_SECONDS"),
+            *pick("--early-exit-seconds", "LSIF_AGG_EARLY_EXIT_SECONDS"),
             DEFAULT_EARLY_EXIT_SECONDS, positive=False),
-        log_format=_parse_choice(*pick(args.log_format, "LSIF_AGG_LOG_FORMAT"), ("text", "json")),  # type: ignore[arg-type]
-        log_level=_parse_choice(*pick(args.log_level, "LSIF_AGG_LOG_LEVEL"),
+        log_format=_parse_choice(*pick("--log-format", "LSIF_AGG_LOG_FORMAT"), ("text", "json")),  # type: ignore[arg-type]
+        log_level=_parse_choice(*pick("--log-level", "LSIF_AGG_LOG_LEVEL"),
                                 ("info", "debug", "warning", "error")),
     )
     if settings.backoff_initial > settings.backoff_max:
@@ -218,26 +224,18 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
     return settings
 
 
-def _flag_of(variable: str) -> str:
-    """Map a variable to its flag, only to name the flag in messages."""
-    names = {
-        "WORKERS": "workers", "SERVER_COMMAND": "server-command", "LSIF_NUM_SERVERS": "servers",
-    }
-    return names.get(variable, variable.removeprefix("LSIF_AGG_").lower().replace("_", "-"))
-
-
-def _parse_int(text: str | None, source: str, *, default: int, minimum: int, what: str) -> int:
+def _parse_int(text: str | None, source: str, *, default: int, minimum: int, description: str) -> int:
     if text is None:
         return default
     try:
         value = int(text.strip(), 10)
     except ValueError:
         raise SettingsError(
-            f"invalid {what} {text!r} from {source}: expected a whole number "
+            f"invalid {description} {text!r} from {source}: expected a whole number "
             f"of at least {minimum}.") from None
     if value < minimum:
         raise SettingsError(
-            f"invalid {what} {value} from {source}: it must be at least {minimum}.")
+            f"invalid {description} {value} from {source}: it must be at least {minimum}.")
     return value
 
 
@@ -269,7 +267,7 @@ def _parse_choice(text: str | None, source: str, choices: tuple[str, ...]) -> st
 def _parse_port(text: str | None, source: str, default: int) -> int:
     if text is None:
         return default
-    port = _parse_int(text, source, default=default, minimum=1, what="port")
+    port = _parse_int(text, source, default=default, minimum=1, description="port")
     if port > MAX_PORT:
         raise SettingsError(f"invalid port {port} from {source}: a port is 1 to {MAX_PORT}.")
     return port
