@@ -26,11 +26,14 @@ from lsif_agg.supervise.process import ProcessState, ProcessView
 class TargetFigures:
     """One target's figures from the latest scrape."""
 
-    up: bool
-    error: str | None  # the reason token when not up
+    error: str | None  # the reason token of a failed scrape, None when it succeeded
     duration: float
     samples: int
     body_bytes: int
+
+    @property
+    def up(self) -> bool:
+        return self.error is None
 
 
 @dataclass(slots=True)
@@ -41,10 +44,10 @@ class ScrapeLedger:
     errors: Tally[tuple[str, str]] = field(default_factory=Tally)  # (worker, reason)
     conflicts: Tally[tuple[str, str]] = field(default_factory=Tally)  # (family, kind)
 
-    def record(self, label: str, figures: TargetFigures, error: str | None) -> None:
+    def record(self, label: str, figures: TargetFigures) -> None:
         self.latest[label] = figures
-        if error is not None:
-            self.errors[(label, error)] += 1
+        if figures.error is not None:
+            self.errors[(label, figures.error)] += 1
 
     def forget_except(self, labels: Iterable[str]) -> None:
         """Drop the figures and counters of targets that no longer exist, after scaling down.

@@ -140,13 +140,12 @@ class Federation:
             error = result.error or (outcome.error if outcome is not None else None)
             detail = result.detail or (outcome.detail if outcome is not None else None)
             figures = TargetFigures(
-                up=error is None,
                 error=error,
                 duration=result.duration,
                 samples=outcome.samples if outcome is not None else 0,
                 body_bytes=len(result.body) if result.body is not None else 0,
             )
-            self._ledger.record(result.label, figures, error)
+            self._ledger.record(result.label, figures)
             if error is not None and error != "not_running" and not (
                     error == "connection" and is_starting.get(result.label, False)):
                 self._log_error(result.label, error, detail)
