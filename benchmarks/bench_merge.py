@@ -23,7 +23,7 @@ OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 
 
 def clean_body(target: int, openmetrics: bool = False) -> bytes:
-    """A body shaped like a client library's: HELP, TYPE, two labels per series."""
+    """Build a body shaped like a client library's: HELP, TYPE, two labels per series."""
     lines = []
     for family in range(FAMILIES):
         # An OpenMetrics counter family drops the _total that its samples carry.
@@ -49,7 +49,7 @@ def stamped_body(target: int, openmetrics: bool = False) -> bytes:
 
 
 def quirky_body(target: int) -> bytes:
-    """An OpenMetrics body where every line needs the general reader, merged into text."""
+    """Build an OpenMetrics body where every line needs the general reader, merged into text."""
     lines = []
     for family in range(FAMILIES):
         name = f"app_jobs_{family}"

@@ -683,7 +683,7 @@ relabel_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     if (block == NULL || run_end != size) {
         Py_XDECREF(block);
-        Py_RETURN_NONE; /* a line needs the general reader, or the run holds a comment line */
+        Py_RETURN_NONE; /* a line needs the general reader, or the run contains a comment line */
     }
     return Py_BuildValue("(NnI)", block, count, names_seen);
 }

@@ -100,10 +100,10 @@ class Part:
 
 
 def is_openmetrics(body: bytes, content_type: str | None) -> bool:
-    """Tell whether a body is OpenMetrics: by its Content-Type, or else by a final `# EOF`.
+    """Return whether a body is OpenMetrics: by its Content-Type, or else by a final `# EOF`.
 
     Every OpenMetrics body ends in `# EOF` and a text body has no reason to, so a body that
-    does is read as OpenMetrics whatever its Content-Type says.
+    does is read as OpenMetrics whatever its Content-Type names.
     """
     if content_type is not None:
         media_type = content_type.split(";", 1)[0].strip().lower()

@@ -27,7 +27,7 @@ class TargetBody:
 
 @dataclass(frozen=True, slots=True)
 class TargetOutcome:
-    """What became of one target's body in the merged exposition."""
+    """The outcome of one target's body in the merged exposition."""
 
     label: str | None
     samples: int  # samples of this target in the merged output, 0 when it was left out
