@@ -1,0 +1,140 @@
+"""The response of /metrics byte for byte: the merge of the workers' bodies, then lsif_agg's own.
+
+The body is sent in slices and gzipped in slices, so these tests use bodies several slices long
+and compare every byte with a merge done in the test.
+"""
+
+from __future__ import annotations
+
+import gzip
+import http.client
+import sys
+import urllib.request
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from tests.conftest import LsifAgg
+
+from lsif_agg.exposition import CONTENT_TYPES, OutputFormat, TargetBody, merge
+from lsif_agg.federate.server import SLICE_BYTES
+
+PROGRAMS = Path(__file__).parent / "programs"
+StartLsifAgg = Callable[..., LsifAgg]
+
+WORKERS = 2
+SERIES = 6000
+TEXT_CONTENT_TYPE = "text/plain; version=0.0.4"
+OPENMETRICS_EOF = b"# EOF\n"
+OWN_SERIES_START = b"# HELP lsif_agg_"
+
+ACCEPT = {
+    OutputFormat.TEXT: "text/plain;version=0.0.4",
+    OutputFormat.OPENMETRICS: "application/openmetrics-text;version=1.0.0",
+}
+
+
+def large_exposition() -> bytes:
+    """Return a fixed text exposition of several hundred kilobytes, a counter and a histogram."""
+    lines = ["# HELP big_requests_total Requests handled, by route and code.",
+             "# TYPE big_requests_total counter"]
+    lines += [f'big_requests_total{{route="/api/v1/item/{n}",code="{200 + n % 5}"}} {n * 7}'
+              for n in range(SERIES)]
+    lines += ["# HELP big_latency_seconds Latency of a request.",
+              "# TYPE big_latency_seconds histogram"]
+    for n in range(SERIES // 20):
+        for bound, count in (("0.1", n), ("1.0", 2 * n), ("+Inf", 3 * n)):
+            lines.append(f'big_latency_seconds_bucket{{shard="{n}",le="{bound}"}} {count}')
+        lines.append(f'big_latency_seconds_sum{{shard="{n}"}} {n}.25')
+        lines.append(f'big_latency_seconds_count{{shard="{n}"}} {3 * n}')
+    return ("\n".join(lines) + "\n").encode()
+
+
+def expected_merge(body: bytes, output: OutputFormat) -> bytes:
+    """Merge the workers' bodies in the test, as lsif_agg should, and return the merged body."""
+    targets = [TargetBody(str(worker), body, TEXT_CONTENT_TYPE) for worker in range(WORKERS)]
+    return merge(targets, output).body
+
+
+def fetch(agg: LsifAgg, output: OutputFormat, *, gzipped: bool, method: str = "GET"
+          ) -> tuple[dict[str, str], bytes]:
+    headers = {"Accept": ACCEPT[output], "Accept-Encoding": "gzip" if gzipped else "identity"}
+    request = urllib.request.Request(agg.url + "/metrics", headers=headers, method=method)
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.status == 200
+        return dict(response.headers), response.read()
+
+
+def check_response(body: bytes, merged: bytes, output: OutputFormat) -> None:
+    """Check that `body` is `merged` (without its # EOF) followed by lsif_agg's own series."""
+    workers_part = merged.removesuffix(OPENMETRICS_EOF)
+    assert body[:len(workers_part)] == workers_part
+    assert body[len(workers_part):].startswith(OWN_SERIES_START)
+    if output is OutputFormat.OPENMETRICS:
+        assert body.endswith(OPENMETRICS_EOF)
+        assert body.count(OPENMETRICS_EOF) == 1
+
+
+@pytest.fixture
+def fixed_body() -> bytes:
+    return large_exposition()
+
+
+@pytest.fixture
+def agg(start_lsif_agg: StartLsifAgg, tmp_path: Path, fixed_body: bytes) -> LsifAgg:
+    exposition = tmp_path / "large.prom"
+    exposition.write_bytes(fixed_body)
+    return start_lsif_agg("--", sys.executable, str(PROGRAMS / "serve_exposition.py"), "{port}",
+                          str(exposition), workers=WORKERS)
+
+
+def test_exposition_spans_several_slices(fixed_body: bytes) -> None:
+    assert len(fixed_body) * WORKERS > 3 * SLICE_BYTES
+
+
+@pytest.mark.parametrize("output", list(OutputFormat), ids=lambda output: output.value)
+@pytest.mark.parametrize("gzipped", [False, True], ids=["identity", "gzip"])
+def test_response_is_merge_then_own_series(agg: LsifAgg, fixed_body: bytes,
+                                           output: OutputFormat, gzipped: bool) -> None:
+    headers, body = fetch(agg, output, gzipped=gzipped)
+
+    assert headers["Content-Type"] == CONTENT_TYPES[output]
+    assert int(headers["Content-Length"]) == len(body)
+    if gzipped:
+        assert headers["Content-Encoding"] == "gzip"
+        body = gzip.decompress(body)
+    else:
+        assert "Content-Encoding" not in headers
+    check_response(body, expected_merge(fixed_body, output), output)
+
+
+def test_head_sends_headers_only(agg: LsifAgg) -> None:
+    # One connection for both requests: a body sent after HEAD would be read as the next response.
+    connection = http.client.HTTPConnection("127.0.0.1", agg.listen_port, timeout=30)
+    try:
+        connection.request("HEAD", "/metrics", headers={"Accept": ACCEPT[OutputFormat.TEXT]})
+        head = connection.getresponse()
+        assert head.read() == b""
+        assert head.status == 200
+        assert head.getheader("Content-Type") == CONTENT_TYPES[OutputFormat.TEXT]
+        assert int(head.getheader("Content-Length") or 0) > 0
+
+        connection.request("GET", "/metrics", headers={"Accept": ACCEPT[OutputFormat.TEXT]})
+        get = connection.getresponse()
+        body = get.read()
+        assert get.status == 200
+        assert body.startswith(b"# HELP big_requests_total ")
+    finally:
+        connection.close()
+
+
+def test_concurrent_requests_of_mixed_kinds(agg: LsifAgg, fixed_body: bytes) -> None:
+    kinds = [(output, gzipped) for output in OutputFormat for gzipped in (False, True)] * 4
+    merged = {output: expected_merge(fixed_body, output) for output in OutputFormat}
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        responses = list(pool.map(lambda kind: fetch(agg, kind[0], gzipped=kind[1]), kinds))
+
+    for (output, gzipped), (_, body) in zip(kinds, responses, strict=True):
+        check_response(gzip.decompress(body) if gzipped else body, merged[output], output)
