@@ -47,16 +47,26 @@ def merge_both(targets: list[TargetBody], output: OutputFormat) -> tuple[MergeRe
 
 @contextmanager
 def counting_kernel() -> Iterator[Counter[str]]:
-    """Count the runs the fast path accepts and rejects while the block runs."""
+    """Count the runs the fast path accepts and rejects while the block runs; a scrape that the
+    whole merge takes counts as one accepted run."""
     counts: Counter[str] = Counter()
     add_run = TargetReader.add_run
+    merge_bodies = fast.merge_bodies
 
     def counted(reader: TargetReader, body: bytes, item: fast.RunItem, openmetrics: bool) -> bool:
         accepted = add_run(reader, body, item, openmetrics)
         counts["accepted" if accepted else "rejected"] += 1
         return accepted
 
-    with mock.patch.object(TargetReader, "add_run", counted):
+    def counted_whole(*args: object) -> object:
+        merged = merge_bodies(*args)  # type: ignore[arg-type]
+        counts["accepted"] += not isinstance(merged, int)
+        return merged
+
+    with (
+        mock.patch.object(TargetReader, "add_run", counted),
+        mock.patch.object(fast, "merge_bodies", counted_whole),
+    ):
         yield counts
 
 

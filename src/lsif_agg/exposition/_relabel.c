@@ -869,10 +869,821 @@ scan_body(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return items;
 }
 
+/* ---- The whole merge of canonical bodies ------------------------------------------------
+ *
+ * merge_bodies merges bodies that are all in the output format and all canonical, in one call
+ * and without a Python object per family or per line. A canonical body is a sequence of family
+ * blocks: the family's metadata lines, each exactly `# HELP name text`, `# TYPE name type` or
+ * (OpenMetrics) `# UNIT name unit`, then its sample lines, each as scan_line accepts it and
+ * named with one of the family's sample names. An OpenMetrics body ends at `# EOF`. Any other
+ * line, a family given twice, a sample name used by two families and anything else the
+ * general path would regroup or rename makes the call return the body's index instead, and
+ * merge.py merges the whole scrape on the general path. Tests prove with hypothesis that both
+ * write the same bytes.
+ */
+
+/* A family's type and the sample names it allows: the family name plus one of these suffixes. */
+typedef struct {
+    const char *name;
+    const char *suffixes[4];
+    int suffix_count;
+} KindRule;
+
+static const KindRule TEXT_KINDS[] = {
+    {"counter", {""}, 1},
+    {"gauge", {""}, 1},
+    {"histogram", {"_bucket", "_sum", "_count"}, 3},
+    {"summary", {"", "_sum", "_count"}, 3},
+    {"untyped", {""}, 1},
+};
+#define TEXT_UNTYPED 4
+
+static const KindRule OPENMETRICS_KINDS[] = {
+    {"counter", {"_total", "_created"}, 2},
+    {"gauge", {""}, 1},
+    {"histogram", {"_bucket", "_sum", "_count", "_created"}, 4},
+    {"gaugehistogram", {"_bucket", "_gsum", "_gcount"}, 3},
+    {"summary", {"", "_sum", "_count", "_created"}, 4},
+    {"info", {"_info"}, 1},
+    {"stateset", {""}, 1},
+    {"unknown", {""}, 1},
+};
+#define OPENMETRICS_UNKNOWN 7
+
+/* One sample line, as offsets into its body. */
+typedef struct {
+    uint32_t start;
+    uint32_t name_end;
+    uint32_t key_end;
+    uint32_t end; /* the newline, or the end of a body without a final newline */
+} SampleLine;
+
+/* One family's block in one body. */
+typedef struct {
+    const char *name;
+    Py_ssize_t name_length;
+    int kind;
+    const char *help; /* NULL when the block has no HELP line */
+    Py_ssize_t help_length;
+    const char *unit; /* NULL when the block has no UNIT line */
+    Py_ssize_t unit_length;
+    Py_ssize_t first; /* index of its first line in the line array */
+    Py_ssize_t count; /* lines in the block, repeats included */
+    Py_ssize_t kept;  /* lines written: the first of each series */
+    Py_ssize_t body;  /* which body */
+    Py_ssize_t next;  /* the next block of the same merged family, or -1 */
+    Py_ssize_t name_lines[4]; /* for each suffix, the first line that used it, or -1 */
+} Block;
+
+/* A family of the merged output, in the order its first sample arrived. */
+typedef struct {
+    const char *name;
+    Py_ssize_t name_length;
+    int kind;
+    const char *help;
+    Py_ssize_t help_length;
+    const char *unit;
+    Py_ssize_t unit_length;
+    Py_ssize_t first_block;
+    Py_ssize_t last_block;
+    int help_reported;
+    int unit_reported;
+} Merged;
+
+/* Growable arrays of the three records, and the line marks of repeated series. */
+typedef struct {
+    SampleLine *lines;
+    Py_ssize_t line_count, line_capacity;
+    unsigned char *dropped; /* 1 for a line whose series an earlier line of its block has */
+    Block *blocks;
+    Py_ssize_t block_count, block_capacity;
+    Merged *merged;
+    Py_ssize_t merged_count, merged_capacity;
+} MergeState;
+
+static int
+grow(void **array, Py_ssize_t *capacity, size_t item_size)
+{
+    Py_ssize_t wanted = *capacity ? *capacity * 2 : 1024;
+    void *grown = PyMem_Realloc(*array, (size_t)wanted * item_size);
+    if (grown == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    *array = grown;
+    *capacity = wanted;
+    return 0;
+}
+
+static void
+free_state(MergeState *state)
+{
+    PyMem_Free(state->lines);
+    PyMem_Free(state->dropped);
+    PyMem_Free(state->blocks);
+    PyMem_Free(state->merged);
+}
+
+/* Return the suffix index of `name` in the block's family, or -1 when it is not one of its
+ * sample names. */
+static int
+match_sample(const Block *block, const KindRule *rule, const char *name, Py_ssize_t length)
+{
+    if (length < block->name_length || memcmp(name, block->name, (size_t)block->name_length) != 0)
+        return -1;
+    const char *tail = name + block->name_length;
+    Py_ssize_t tail_length = length - block->name_length;
+    for (int i = 0; i < rule->suffix_count; i++) {
+        const char *suffix = rule->suffixes[i];
+        if ((Py_ssize_t)strlen(suffix) == tail_length && memcmp(tail, suffix, (size_t)tail_length) == 0)
+            return i;
+    }
+    return -1;
+}
+
+/* Read a legacy metric name at p; return its end, or NULL when there is none. */
+static const char *
+scan_metric_name(const char *p, const char *e)
+{
+    if (p >= e || !IS(*p, METRIC_START))
+        return NULL;
+    p++;
+    while (p < e && IS(*p, METRIC_REST))
+        p++;
+    return p;
+}
+
+/* HELP text that the general reader writes back unchanged after unescaping and escaping it
+ * again: no blank at either end, no carriage return, and only the escapes it writes, which are
+ * \\ and \n, and in OpenMetrics \" with no bare quote. An empty text is written as empty. */
+static int
+is_plain_text(const char *s, const char *e, int openmetrics)
+{
+    if (s == e)
+        return 1;
+    if (*s == ' ' || *s == '\t' || e[-1] == ' ' || e[-1] == '\t')
+        return 0;
+    for (; s < e; s++) {
+        if (*s == '\r' || (openmetrics && *s == '"'))
+            return 0;
+        if (*s == '\\') {
+            if (e - s < 2 || (s[1] != '\\' && s[1] != 'n' && !(openmetrics && s[1] == '"')))
+                return 0;
+            s++;
+        }
+    }
+    return 1;
+}
+
+enum { META_NONE, META_HELP, META_TYPE, META_UNIT, META_EOF };
+
+/* Read a canonical comment line s..e (without its newline): fill name and text and return its
+ * META_ kind, or -1 when the general reader must read it. */
+static int
+scan_comment(const char *s, const char *e, int openmetrics, const char **name, Py_ssize_t *name_length,
+             const char **text, Py_ssize_t *text_length)
+{
+    Py_ssize_t length = e - s;
+    if (openmetrics && length == 5 && memcmp(s, "# EOF", 5) == 0)
+        return META_EOF;
+    if (length < 8 || memcmp(s, "# ", 2) != 0 || s[6] != ' ')
+        return -1;
+    int kind;
+    if (memcmp(s + 2, "HELP", 4) == 0)
+        kind = META_HELP;
+    else if (memcmp(s + 2, "TYPE", 4) == 0)
+        kind = META_TYPE;
+    else if (openmetrics && memcmp(s + 2, "UNIT", 4) == 0)
+        kind = META_UNIT;
+    else
+        return -1;
+
+    const char *p = s + 7;
+    const char *name_end = scan_metric_name(p, e);
+    if (name_end == NULL)
+        return -1;
+    *name = p;
+    *name_length = name_end - p;
+    if (name_end == e) {
+        if (kind != META_HELP)
+            return -1;
+        *text = name_end;
+        *text_length = 0;
+        return kind;
+    }
+    if (*name_end != ' ')
+        return -1;
+    *text = name_end + 1;
+    *text_length = e - (name_end + 1);
+    if (kind == META_HELP)
+        return is_plain_text(*text, e, openmetrics) ? kind : -1;
+    if (*text_length == 0)
+        return -1;
+    for (const char *t = *text; t < e; t++) {
+        if (*t == ' ' || *t == '\t' || *t == '\r' || *t == '\\' || *t == '"')
+            return -1;
+    }
+    return kind;
+}
+
+static int
+find_kind(const KindRule *kinds, int kind_count, const char *s, Py_ssize_t length)
+{
+    for (int i = 0; i < kind_count; i++) {
+        if ((Py_ssize_t)strlen(kinds[i].name) == length && memcmp(kinds[i].name, s, (size_t)length) == 0)
+            return i;
+    }
+    return -1;
+}
+
+typedef struct {
+    const char *text;
+    Py_ssize_t length;
+} Span;
+
+static int
+compare_spans(const void *a, const void *b)
+{
+    const Span *x = a, *y = b;
+    if (x->length != y->length)
+        return x->length < y->length ? -1 : 1;
+    return memcmp(x->text, y->text, (size_t)x->length);
+}
+
+/* Whether two spans are equal; the array is sorted. */
+static int
+has_equal_neighbours(Span *spans, Py_ssize_t count)
+{
+    qsort(spans, (size_t)count, sizeof(Span), compare_spans);
+    for (Py_ssize_t i = 1; i < count; i++) {
+        if (compare_spans(&spans[i - 1], &spans[i]) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+/* Mark the lines of a block whose series an earlier line of the block has; the general reader
+ * keeps the first. Return -1 on no memory. */
+static int
+drop_repeats(MergeState *state, const char *text, Block *block, Py_ssize_t **table, size_t *table_slots)
+{
+    block->kept = block->count;
+    if (block->count < 2)
+        return 0;
+    size_t slots = 16;
+    while (slots < (size_t)block->count * 2)
+        slots <<= 1;
+    if (slots > *table_slots) {
+        Py_ssize_t *grown = PyMem_Realloc(*table, slots * sizeof(Py_ssize_t));
+        if (grown == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        *table = grown;
+        *table_slots = slots;
+    }
+    memset(*table, 0xff, slots * sizeof(Py_ssize_t));
+
+    for (Py_ssize_t i = block->first; i < block->first + block->count; i++) {
+        const SampleLine *line = &state->lines[i];
+        Py_ssize_t length = line->key_end - line->start;
+        size_t slot = (size_t)hash_bytes(text + line->start, length) & (slots - 1);
+        for (;;) {
+            Py_ssize_t other_index = (*table)[slot];
+            if (other_index < 0) {
+                (*table)[slot] = i;
+                break;
+            }
+            const SampleLine *other = &state->lines[other_index];
+            if (other->key_end - other->start == length &&
+                memcmp(text + other->start, text + line->start, (size_t)length) == 0) {
+                state->dropped[i] = 1;
+                block->kept--;
+                break;
+            }
+            slot = (slot + 1) & (slots - 1);
+        }
+    }
+    return 0;
+}
+
+/* Split one body into blocks and lines. Return 1 when it is canonical, 0 when it is not, and
+ * -1 with an exception set. */
+static int
+read_canonical(MergeState *state, Py_ssize_t body_index, const char *text, Py_ssize_t size,
+               int openmetrics, const char *label_name, Py_ssize_t label_name_length,
+               Py_ssize_t **table, size_t *table_slots)
+{
+    const KindRule *kinds = openmetrics ? OPENMETRICS_KINDS : TEXT_KINDS;
+    int kind_count = openmetrics ? 8 : 5;
+    int untyped = openmetrics ? OPENMETRICS_UNKNOWN : TEXT_UNTYPED;
+    if (size >= (Py_ssize_t)UINT32_MAX)
+        return 0;
+
+    Rules rules = {.count = 0,
+                   .collect = 0,
+                   .clashing = label_name,
+                   .clashing_length = label_name_length,
+                   .openmetrics = openmetrics,
+                   .converting = 0};
+    Py_ssize_t first_block = state->block_count;
+    Block *block = NULL;
+    int finished = 0;
+    Py_ssize_t position = 0;
+    /* The sample name of the line before, and its suffix, which most lines repeat. */
+    const char *last_name = NULL;
+    Py_ssize_t last_length = 0;
+    int last_suffix = -1;
+
+    while (position < size) {
+        if (text[position] == '\n') {
+            position++; /* the general reader skips an empty line */
+            continue;
+        }
+        if (text[position] == '#') {
+            const char *newline = memchr(text + position, '\n', (size_t)(size - position));
+            Py_ssize_t end = newline == NULL ? size : newline - text;
+            const char *name, *meta;
+            Py_ssize_t name_length, meta_length;
+            int meta_kind = scan_comment(text + position, text + end, openmetrics, &name, &name_length,
+                                         &meta, &meta_length);
+            if (meta_kind < 0)
+                return 0;
+            if (meta_kind == META_EOF) {
+                finished = 1;
+                break;
+            }
+            position = end + 1;
+
+            /* A metadata line opens a new block unless it names the open one, which has no
+             * sample yet. */
+            if (block == NULL || block->count > 0 || block->name_length != name_length ||
+                memcmp(block->name, name, (size_t)name_length) != 0) {
+                if (state->block_count == state->block_capacity &&
+                    grow((void **)&state->blocks, &state->block_capacity, sizeof(Block)) < 0)
+                    return -1;
+                block = &state->blocks[state->block_count++];
+                *block = (Block){.name = name, .name_length = name_length, .kind = -1, .help = NULL,
+                                 .unit = NULL, .first = state->line_count, .count = 0,
+                                 .body = body_index, .next = -1,
+                                 .name_lines = {-1, -1, -1, -1}};
+                last_name = NULL;
+            }
+            if (meta_kind == META_TYPE) {
+                if (block->kind >= 0)
+                    return 0;
+                block->kind = find_kind(kinds, kind_count, meta, meta_length);
+                if (block->kind < 0)
+                    return 0; /* the general reader reports the unknown type */
+            }
+            else if (meta_kind == META_HELP) {
+                if (block->help != NULL)
+                    return 0;
+                block->help = meta;
+                block->help_length = meta_length;
+            }
+            else {
+                if (block->unit != NULL)
+                    return 0;
+                block->unit = meta;
+                block->unit_length = meta_length;
+            }
+            continue;
+        }
+
+        if (block == NULL)
+            return 0;
+        if (block->kind < 0)
+            block->kind = untyped;
+        if (state->line_count == state->line_capacity) {
+            if (grow((void **)&state->lines, &state->line_capacity, sizeof(SampleLine)) < 0)
+                return -1;
+            unsigned char *dropped = PyMem_Realloc(state->dropped, (size_t)state->line_capacity);
+            if (dropped == NULL) {
+                PyErr_NoMemory();
+                return -1;
+            }
+            state->dropped = dropped;
+        }
+
+        /* The sample name, matched against the block's family; then the rest of the line. */
+        const char *p = text + position, *e = text + size;
+        const char *name_end = scan_metric_name(p, e);
+        if (name_end == NULL)
+            return 0;
+        Py_ssize_t name_length = name_end - p;
+        int suffix;
+        if (last_name != NULL && name_length == last_length && memcmp(p, last_name, (size_t)name_length) == 0) {
+            suffix = last_suffix;
+        }
+        else {
+            suffix = match_sample(block, &kinds[block->kind], p, name_length);
+            if (suffix < 0)
+                return 0;
+            last_name = p;
+            last_length = name_length;
+            last_suffix = suffix;
+        }
+
+        Line line;
+        rules.names[0] = p;
+        rules.lengths[0] = name_length;
+        rules.count = 1;
+        if (scan_line(text, position, size, &rules, &line) < 0)
+            return 0;
+        if (block->name_lines[suffix] < 0)
+            block->name_lines[suffix] = state->line_count;
+        SampleLine *sample = &state->lines[state->line_count];
+        sample->start = (uint32_t)line.start;
+        sample->name_end = (uint32_t)line.name_end;
+        sample->key_end = (uint32_t)line.key_end;
+        sample->end = (uint32_t)line.end;
+        state->dropped[state->line_count] = 0;
+        state->line_count++;
+        block->count++;
+        position = line.end + 1;
+    }
+    if (openmetrics && !finished)
+        return 0; /* the general reader reports the missing # EOF */
+
+    /* A family given twice, or a sample name used by two families, is regrouped or dropped as
+     * a repeat by the general reader. */
+    Py_ssize_t block_total = state->block_count - first_block;
+    Span *spans = PyMem_Malloc((size_t)(block_total * 4 + 1) * sizeof(Span));
+    if (spans == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    Py_ssize_t span_count = 0;
+    for (Py_ssize_t i = first_block; i < state->block_count; i++)
+        spans[span_count++] = (Span){state->blocks[i].name, state->blocks[i].name_length};
+    int repeated = has_equal_neighbours(spans, span_count);
+    span_count = 0;
+    for (Py_ssize_t i = first_block; i < state->block_count && !repeated; i++) {
+        for (int s = 0; s < 4; s++) {
+            Py_ssize_t index = state->blocks[i].name_lines[s];
+            if (index >= 0) {
+                const SampleLine *line = &state->lines[index];
+                spans[span_count++] = (Span){text + line->start, line->name_end - line->start};
+            }
+        }
+    }
+    if (!repeated)
+        repeated = has_equal_neighbours(spans, span_count);
+    PyMem_Free(spans);
+    if (repeated)
+        return 0;
+
+    for (Py_ssize_t i = first_block; i < state->block_count; i++) {
+        if (drop_repeats(state, text, &state->blocks[i], table, table_slots) < 0)
+            return -1;
+    }
+    return 1;
+}
+
+/* A table of merged families by name: open addressing over indexes into state->merged. */
+typedef struct {
+    Py_ssize_t *slots;
+    size_t size;
+} FamilyTable;
+
+static int
+table_insert(FamilyTable *table, MergeState *state, Py_ssize_t index);
+
+static int
+table_grow(FamilyTable *table, MergeState *state)
+{
+    size_t size = table->size ? table->size * 2 : 256;
+    Py_ssize_t *slots = PyMem_Malloc(size * sizeof(Py_ssize_t));
+    if (slots == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    memset(slots, 0xff, size * sizeof(Py_ssize_t));
+    PyMem_Free(table->slots);
+    table->slots = slots;
+    table->size = size;
+    for (Py_ssize_t i = 0; i < state->merged_count; i++) {
+        if (table_insert(table, state, i) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+static int
+table_insert(FamilyTable *table, MergeState *state, Py_ssize_t index)
+{
+    const Merged *family = &state->merged[index];
+    size_t slot = (size_t)hash_bytes(family->name, family->name_length) & (table->size - 1);
+    while (table->slots[slot] >= 0)
+        slot = (slot + 1) & (table->size - 1);
+    table->slots[slot] = index;
+    return 0;
+}
+
+static Py_ssize_t
+table_find(const FamilyTable *table, const MergeState *state, const char *name, Py_ssize_t length)
+{
+    size_t slot = (size_t)hash_bytes(name, length) & (table->size - 1);
+    for (;;) {
+        Py_ssize_t index = table->slots[slot];
+        if (index < 0)
+            return -1;
+        const Merged *family = &state->merged[index];
+        if (family->name_length == length && memcmp(family->name, name, (size_t)length) == 0)
+            return index;
+        slot = (slot + 1) & (table->size - 1);
+    }
+}
+
+/* Append (family, "help" or "unit") to the conflicts list. */
+static int
+report_conflict(PyObject *conflicts, const Merged *family, const char *kind)
+{
+    PyObject *item = Py_BuildValue("(y#s)", family->name, family->name_length, kind);
+    if (item == NULL)
+        return -1;
+    int appended = PyList_Append(conflicts, item);
+    Py_DECREF(item);
+    return appended;
+}
+
+static int
+same_text(const char *a, Py_ssize_t a_length, const char *b, Py_ssize_t b_length)
+{
+    return a_length == b_length && memcmp(a, b, (size_t)a_length) == 0;
+}
+
+/* Join each block to its merged family, as merge.py's MergedExposition.add does: the first
+ * block sets the type and the first HELP and UNIT win. Return 1, 0 when two bodies disagree on
+ * a type (the general path settles that), or -1 with an exception set. */
+static int
+join_blocks(MergeState *state, PyObject *conflicts)
+{
+    FamilyTable table = {NULL, 0};
+    int result = 1;
+    for (Py_ssize_t b = 0; b < state->block_count && result == 1; b++) {
+        Block *block = &state->blocks[b];
+        if (block->count == 0)
+            continue; /* a family without samples claims nothing, as in merge.py */
+        if ((size_t)(state->merged_count + 1) * 2 > table.size && table_grow(&table, state) < 0) {
+            result = -1;
+            break;
+        }
+        Py_ssize_t index = table_find(&table, state, block->name, block->name_length);
+        if (index < 0) {
+            if (state->merged_count == state->merged_capacity &&
+                grow((void **)&state->merged, &state->merged_capacity, sizeof(Merged)) < 0) {
+                result = -1;
+                break;
+            }
+            index = state->merged_count++;
+            state->merged[index] = (Merged){
+                .name = block->name, .name_length = block->name_length, .kind = block->kind,
+                .help = block->help, .help_length = block->help_length, .unit = block->unit,
+                .unit_length = block->unit_length, .first_block = b, .last_block = b};
+            table_insert(&table, state, index);
+            continue;
+        }
+
+        Merged *family = &state->merged[index];
+        if (family->kind != block->kind) {
+            result = 0;
+            break;
+        }
+        state->blocks[family->last_block].next = b;
+        family->last_block = b;
+        if (block->help != NULL) {
+            if (family->help == NULL) {
+                family->help = block->help;
+                family->help_length = block->help_length;
+            }
+            else if (!family->help_reported &&
+                     !same_text(family->help, family->help_length, block->help, block->help_length)) {
+                family->help_reported = 1;
+                if (report_conflict(conflicts, family, "help") < 0)
+                    result = -1;
+            }
+        }
+        if (block->unit != NULL && result == 1) {
+            if (family->unit == NULL) {
+                family->unit = block->unit;
+                family->unit_length = block->unit_length;
+            }
+            else if (!family->unit_reported &&
+                     !same_text(family->unit, family->unit_length, block->unit, block->unit_length)) {
+                family->unit_reported = 1;
+                if (report_conflict(conflicts, family, "unit") < 0)
+                    result = -1;
+            }
+        }
+    }
+    PyMem_Free(table.slots);
+    return result;
+}
+
+static char *
+write_metadata(char *out, const char *keyword, const Merged *family, const char *text, Py_ssize_t length)
+{
+    memcpy(out, keyword, 7); /* "# HELP ", "# TYPE " or "# UNIT " */
+    out += 7;
+    memcpy(out, family->name, (size_t)family->name_length);
+    out += family->name_length;
+    *out++ = ' ';
+    memcpy(out, text, (size_t)length);
+    out += length;
+    *out++ = '\n';
+    return out;
+}
+
+/* Write the merged families into one bytes object. */
+static PyObject *
+write_merged(const MergeState *state, const char *const *texts, const char *const *added,
+             const Py_ssize_t *added_lengths, int openmetrics)
+{
+    const KindRule *kinds = openmetrics ? OPENMETRICS_KINDS : TEXT_KINDS;
+    Py_ssize_t size = openmetrics ? 6 : 0; /* "# EOF\n" */
+    for (Py_ssize_t m = 0; m < state->merged_count; m++) {
+        const Merged *family = &state->merged[m];
+        if (family->help != NULL)
+            size += 9 + family->name_length + family->help_length;
+        size += 9 + family->name_length + (Py_ssize_t)strlen(kinds[family->kind].name);
+        if (openmetrics && family->unit != NULL)
+            size += 9 + family->name_length + family->unit_length;
+        for (Py_ssize_t b = family->first_block; b >= 0; b = state->blocks[b].next) {
+            const Block *block = &state->blocks[b];
+            for (Py_ssize_t i = block->first; i < block->first + block->count; i++) {
+                if (state->dropped[i])
+                    continue;
+                const SampleLine *line = &state->lines[i];
+                size += line->end - line->start + 1 + added_lengths[block->body];
+                size += line->key_end == line->name_end ? 2 : 1;
+            }
+        }
+    }
+
+    PyObject *merged = PyBytes_FromStringAndSize(NULL, size);
+    if (merged == NULL)
+        return NULL;
+    char *out = PyBytes_AS_STRING(merged);
+    for (Py_ssize_t m = 0; m < state->merged_count; m++) {
+        const Merged *family = &state->merged[m];
+        if (family->help != NULL)
+            out = write_metadata(out, "# HELP ", family, family->help, family->help_length);
+        const char *kind = kinds[family->kind].name;
+        out = write_metadata(out, "# TYPE ", family, kind, (Py_ssize_t)strlen(kind));
+        if (openmetrics && family->unit != NULL)
+            out = write_metadata(out, "# UNIT ", family, family->unit, family->unit_length);
+
+        for (Py_ssize_t b = family->first_block; b >= 0; b = state->blocks[b].next) {
+            const Block *block = &state->blocks[b];
+            const char *text = texts[block->body];
+            const char *label = added[block->body];
+            Py_ssize_t label_length = added_lengths[block->body];
+            for (Py_ssize_t i = block->first; i < block->first + block->count; i++) {
+                if (state->dropped[i])
+                    continue;
+                const SampleLine *line = &state->lines[i];
+                Py_ssize_t name_length = line->name_end - line->start;
+                memcpy(out, text + line->start, (size_t)name_length);
+                out += name_length;
+                *out++ = '{';
+                memcpy(out, label, (size_t)label_length);
+                out += label_length;
+                if (line->key_end == line->name_end) {
+                    *out++ = '}';
+                }
+                else {
+                    *out++ = ',';
+                    name_length++; /* the `{` is already written */
+                }
+                Py_ssize_t rest = line->end - line->start - name_length;
+                memcpy(out, text + line->start + name_length, (size_t)rest);
+                out += rest;
+                *out++ = '\n';
+            }
+        }
+    }
+    if (openmetrics) {
+        memcpy(out, "# EOF\n", 6);
+        out += 6;
+    }
+    if (out - PyBytes_AS_STRING(merged) != size) {
+        Py_DECREF(merged);
+        PyErr_SetString(PyExc_SystemError, "merge_bodies wrote a different size than it computed");
+        return NULL;
+    }
+    return merged;
+}
+
+PyDoc_STRVAR(merge_bodies_doc,
+"merge_bodies(bodies, added_labels, label_name, openmetrics, /)\n--\n\n"
+"Merge canonical bodies, all in the output format, into one exposition.\n\n"
+"bodies is a tuple of bytes and added_labels a tuple of the `name=\"value\"` item to add to\n"
+"each body's samples; the values must differ. Return (merged, samples, conflicts): samples\n"
+"counts each body's samples written, and conflicts lists (family, \"help\" or \"unit\") in\n"
+"the order merge.py reports them. Return the index of the first body that is not canonical,\n"
+"or -1 when two bodies disagree on a family's type: the general path must merge those.");
+
+static PyObject *
+merge_bodies(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 4 || !PyTuple_Check(args[0]) || !PyTuple_Check(args[1]) || !PyBytes_Check(args[2]) ||
+        PyTuple_GET_SIZE(args[0]) != PyTuple_GET_SIZE(args[1])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "merge_bodies takes (tuple[bytes], tuple[bytes] of the same length, bytes, bool)");
+        return NULL;
+    }
+    int openmetrics = PyObject_IsTrue(args[3]);
+    if (openmetrics < 0)
+        return NULL;
+    Py_ssize_t count = PyTuple_GET_SIZE(args[0]);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        if (!PyBytes_Check(PyTuple_GET_ITEM(args[0], i)) || !PyBytes_Check(PyTuple_GET_ITEM(args[1], i))) {
+            PyErr_SetString(PyExc_TypeError, "bodies and added labels must be bytes");
+            return NULL;
+        }
+    }
+
+    const char **texts = PyMem_Malloc((size_t)(count + 1) * sizeof(char *));
+    const char **added = PyMem_Malloc((size_t)(count + 1) * sizeof(char *));
+    Py_ssize_t *added_lengths = PyMem_Malloc((size_t)(count + 1) * sizeof(Py_ssize_t));
+    PyObject *conflicts = PyList_New(0);
+    MergeState state = {0};
+    Py_ssize_t *table = NULL;
+    size_t table_slots = 0;
+    PyObject *result = NULL;
+    if (texts == NULL || added == NULL || added_lengths == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (conflicts == NULL)
+        goto done;
+
+    const char *label_name = PyBytes_AS_STRING(args[2]);
+    Py_ssize_t label_name_length = PyBytes_GET_SIZE(args[2]);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *body = PyTuple_GET_ITEM(args[0], i);
+        texts[i] = PyBytes_AS_STRING(body);
+        added[i] = PyBytes_AS_STRING(PyTuple_GET_ITEM(args[1], i));
+        added_lengths[i] = PyBytes_GET_SIZE(PyTuple_GET_ITEM(args[1], i));
+        int canonical = read_canonical(&state, i, texts[i], PyBytes_GET_SIZE(body), openmetrics,
+                                       label_name, label_name_length, &table, &table_slots);
+        if (canonical < 0)
+            goto done;
+        if (canonical == 0) {
+            result = PyLong_FromSsize_t(i);
+            goto done;
+        }
+    }
+
+    int joined = join_blocks(&state, conflicts);
+    if (joined < 0)
+        goto done;
+    if (joined == 0) {
+        result = PyLong_FromSsize_t(-1);
+        goto done;
+    }
+
+    PyObject *samples = PyTuple_New(count);
+    if (samples == NULL)
+        goto done;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Py_ssize_t kept = 0;
+        for (Py_ssize_t b = 0; b < state.block_count; b++) {
+            if (state.blocks[b].body == i)
+                kept += state.blocks[b].kept;
+        }
+        PyObject *number = PyLong_FromSsize_t(kept);
+        if (number == NULL) {
+            Py_DECREF(samples);
+            goto done;
+        }
+        PyTuple_SET_ITEM(samples, i, number);
+    }
+    PyObject *merged = write_merged(&state, texts, added, added_lengths, openmetrics);
+    if (merged == NULL) {
+        Py_DECREF(samples);
+        goto done;
+    }
+    result = Py_BuildValue("(NNO)", merged, samples, conflicts);
+
+done:
+    PyMem_Free(texts);
+    PyMem_Free(added);
+    PyMem_Free(added_lengths);
+    PyMem_Free(table);
+    Py_XDECREF(conflicts);
+    free_state(&state);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"scan_body", (PyCFunction)(void (*)(void))scan_body, METH_FASTCALL, scan_body_doc},
     {"relabel_run", (PyCFunction)(void (*)(void))relabel_run, METH_FASTCALL, relabel_run_doc},
     {"series_keys", (PyCFunction)(void (*)(void))series_keys, METH_FASTCALL, series_keys_doc},
+    {"merge_bodies", (PyCFunction)(void (*)(void))merge_bodies, METH_FASTCALL, merge_bodies_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -18,3 +18,10 @@ def relabel_run(
     /,
 ) -> tuple[bytes, int, int] | None: ...
 def series_keys(body: bytes, start: int, end: int, openmetrics: bool, /) -> list[bytes]: ...
+def merge_bodies(
+    bodies: tuple[bytes, ...],
+    added_labels: tuple[bytes, ...],
+    label_name: bytes,
+    openmetrics: bool,
+    /,
+) -> tuple[bytes, tuple[int, ...], list[tuple[bytes, str]]] | int: ...

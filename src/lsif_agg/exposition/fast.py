@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from lsif_agg.exposition import _relabel
 
 scan_body = _relabel.scan_body
+merge_bodies = _relabel.merge_bodies
 
 # An item of scan_body's list for a run: (start, end, names, block, lines). names and block
 # are None when the kernel rejected the run.

@@ -6,9 +6,9 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from lsif_agg.exposition import formats
+from lsif_agg.exposition import fast, formats
 from lsif_agg.exposition.fast import FastRun
-from lsif_agg.exposition.read import Part, TargetReader, is_openmetrics
+from lsif_agg.exposition.read import Part, TargetReader, escape_label_value, is_openmetrics
 from lsif_agg.exposition.records import (
     Conflict,
     MergeResult,
@@ -49,11 +49,87 @@ def merge_targets(
     if _LABEL_NAME.fullmatch(label_name) is None:
         raise ValueError(f"label_name {label_name!r} is not a valid label name; use [a-zA-Z_]\\w*")
 
+    if use_fast_path and keep is None:
+        merged = _merge_canonical(targets, output, label_name)
+        if merged is not None:
+            return merged
+
     exposition = MergedExposition(output)
     outcomes = tuple(
         _merge_target(exposition, target, label_name, keep, use_fast_path) for target in targets
     )
     return MergeResult(exposition.render(), outcomes, exposition.conflicts())
+
+
+def _merge_canonical(
+    targets: Sequence[TargetBody], output: OutputFormat, label_name: str
+) -> MergeResult | None:
+    """Merge the whole scrape in one kernel call when every body is canonical; else None.
+
+    Replicas of one program send bodies of the same canonical shape, so most scrapes take
+    this path. A body the kernel turns down is read by the general reader alone: when it is
+    invalid, it is left out as the general path would leave it out, and the rest is merged
+    here. Any other refusal sends the whole scrape to the general path.
+    """
+    labels = [target.label for target in targets]
+    if None in labels or len(set(labels)) != len(labels):
+        return None  # repeats across targets are found only by the general path
+    openmetrics = output is OutputFormat.OPENMETRICS
+    outcomes: dict[int, TargetOutcome] = {}
+    for index, target in enumerate(targets):
+        if is_openmetrics(target.body, target.content_type) is not openmetrics:
+            return None  # converting between formats maps families; the general path does it
+        if not _is_utf8(target.body):
+            error = _read_error(target, output, label_name) or "invalid UTF-8"
+            outcomes[index] = TargetOutcome(target.label, 0, INVALID_EXPOSITION, error)
+
+    name = label_name.encode()
+    while True:
+        kept = [index for index in range(len(targets)) if index not in outcomes]
+        bodies = tuple(targets[index].body for index in kept)
+        added = tuple(
+            name + b'="' + escape_label_value(str(targets[index].label)) + b'"' for index in kept
+        )
+        merged = fast.merge_bodies(bodies, added, name, openmetrics)
+        if not isinstance(merged, int):
+            break
+        if merged < 0:
+            return None  # two targets disagree on a type, which the general path settles
+        refused = kept[merged]
+        reason = _read_error(targets[refused], output, label_name)
+        if reason is None:
+            return None  # valid but not canonical
+        outcomes[refused] = TargetOutcome(targets[refused].label, 0, INVALID_EXPOSITION, reason)
+
+    body, samples, conflicts = merged
+    for index, count in zip(kept, samples, strict=True):
+        outcomes[index] = TargetOutcome(targets[index].label, count, None, None)
+    return MergeResult(
+        body,
+        tuple(outcomes[index] for index in range(len(targets))),
+        tuple(Conflict(family.decode(), kind) for family, kind in conflicts),
+    )
+
+
+def _is_utf8(body: bytes) -> bool:
+    if body.isascii():
+        return True
+    try:
+        body.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _read_error(target: TargetBody, output: OutputFormat, label_name: str) -> str | None:
+    """Read one body on the general path; return why it is invalid, or None when it is valid."""
+    openmetrics = is_openmetrics(target.body, target.content_type)
+    reader = TargetReader(output, openmetrics, target.label, label_name, None)
+    try:
+        reader.read(target.body)
+    except InvalidExposition as error:
+        return str(error)
+    return None
 
 
 def _merge_target(

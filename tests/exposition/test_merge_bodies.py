@@ -1,0 +1,286 @@
+"""The whole merge in the kernel: for canonical bodies in the output format it writes what the
+general path writes, it takes the scrapes it is meant for, and it hands every other scrape back.
+"""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from unittest import mock
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lsif_agg.exposition import Conflict, MergeResult, OutputFormat, TargetBody, fast
+from lsif_agg.exposition.merge import merge_targets
+
+TEXT = "text/plain; version=0.0.4"
+OPENMETRICS = "application/openmetrics-text; version=1.0.0"
+CONTENT_TYPES = {OutputFormat.TEXT: TEXT, OutputFormat.OPENMETRICS: OPENMETRICS}
+SUFFIXES = {
+    OutputFormat.TEXT: {
+        "counter": [""],
+        "gauge": [""],
+        "untyped": [""],
+        "histogram": ["_bucket", "_sum", "_count"],
+        "summary": ["", "_sum", "_count"],
+    },
+    OutputFormat.OPENMETRICS: {
+        "counter": ["_total", "_created"],
+        "gauge": [""],
+        "unknown": [""],
+        "histogram": ["_bucket", "_sum", "_count", "_created"],
+        "gaugehistogram": ["_bucket", "_gsum", "_gcount"],
+        "summary": ["", "_sum", "_count", "_created"],
+        "info": ["_info"],
+        "stateset": [""],
+    },
+}
+FAMILY_NAMES = ["a", "b", "c_total", "d:e", "a_sum"]
+HELP_TEXTS = ["", "Requests.", 'with "quotes"', "tab\tinside", "é ü", "two  blanks", "back\\\\slash"]
+LABEL_VALUES = ["", "x", "}", ",", "#", "{", '\\"', "\\\\", "\\n", "a b", "é", "} 1 # {"]
+SAMPLE_VALUES = ["1", "-0", "NaN", "+Inf", "-Inf", "1e-320", "2.5", ".5"]
+
+
+def merge_both(targets: list[TargetBody], output: OutputFormat) -> tuple[MergeResult, MergeResult]:
+    whole = merge_targets(targets, output, label_name="worker", keep=None, use_fast_path=True)
+    general = merge_targets(targets, output, label_name="worker", keep=None, use_fast_path=False)
+    return whole, general
+
+
+@contextmanager
+def counting_whole_merges() -> Iterator[list[object]]:
+    """Record what each kernel call of the whole merge returned while the block runs."""
+    returned: list[object] = []
+    merge_bodies = fast.merge_bodies
+
+    def counted(*args: object) -> object:
+        result = merge_bodies(*args)  # type: ignore[arg-type]
+        returned.append(result)
+        return result
+
+    with mock.patch.object(fast, "merge_bodies", counted):
+        yield returned
+
+
+@st.composite
+def family_blocks(draw: st.DrawFn, output: OutputFormat, name: str, kind: str) -> str:
+    """Draw one family block: metadata lines in any order, then samples of its sample names."""
+    metadata = []
+    if draw(st.integers(0, 4)) > 0:
+        metadata.append(f"# TYPE {name} {kind}")
+    if draw(st.booleans()):
+        metadata.append(f"# HELP {name} {draw(st.sampled_from(HELP_TEXTS))}".rstrip(" "))
+    if output is OutputFormat.OPENMETRICS and draw(st.booleans()):
+        metadata.append(f"# UNIT {name} {draw(st.sampled_from(['seconds', 'bytes']))}")
+    metadata = draw(st.permutations(metadata))
+    if not any(line.startswith("# TYPE") for line in metadata):
+        kind = "untyped" if output is OutputFormat.TEXT else "unknown"
+
+    samples = []
+    for _ in range(draw(st.integers(0, 6) | st.integers(1, 3))):
+        suffix = draw(st.sampled_from(SUFFIXES[output][kind]))
+        labels = draw(
+            st.lists(
+                st.tuples(st.sampled_from(["le", "path", "x"]), st.sampled_from(LABEL_VALUES)),
+                max_size=2,
+                unique_by=lambda pair: pair[0],
+            )
+        )
+        written = ",".join(f'{label}="{value}"' for label, value in labels)
+        stamp = draw(st.sampled_from(["", " 1700000000123" if output is OutputFormat.TEXT else " 17.5"]))
+        value = draw(st.sampled_from(SAMPLE_VALUES))
+        samples.append(
+            f"{name}{suffix}{{{written}}} {value}{stamp}" if labels else f"{name}{suffix} {value}{stamp}"
+        )
+    return "\n".join([*metadata, *samples])
+
+
+BREAKAGES = ["", "\n", "# a plain comment\n", "bad line\n", "a 1 2 3\n", "a\r\n", "# TYPE a nonsense\n"]
+
+
+@st.composite
+def scrapes(draw: st.DrawFn, output: OutputFormat) -> list[TargetBody]:
+    """Draw up to four targets of one program: the same types unless a draw changes one."""
+    kinds = {name: draw(st.sampled_from(sorted(SUFFIXES[output]))) for name in FAMILY_NAMES}
+    targets = []
+    for index in range(draw(st.integers(1, 4))):
+        if draw(st.integers(0, 9)) == 0:
+            kinds = dict(kinds, a=draw(st.sampled_from(sorted(SUFFIXES[output]))))
+        # Mostly each family once, as client libraries write them; now and then one twice.
+        names = draw(st.permutations(FAMILY_NAMES))[: draw(st.integers(0, len(FAMILY_NAMES)))]
+        if names and draw(st.integers(0, 9)) == 0:
+            names.append(names[0])
+        blocks = [draw(family_blocks(output, name, kinds[name])) for name in names]
+        body = "\n".join(block for block in blocks if block)
+        body += "\n" if body else ""
+        body += draw(st.sampled_from(BREAKAGES[:1] * 12 + BREAKAGES))
+        if output is OutputFormat.OPENMETRICS:
+            body += "# EOF\n"
+        targets.append(TargetBody(f"w{index}", body.encode(), CONTENT_TYPES[output]))
+    return targets
+
+
+@pytest.mark.parametrize("output", list(OutputFormat), ids=lambda output: output.value)
+def test_whole_merge_writes_what_the_general_path_writes(output: OutputFormat) -> None:
+    @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(scrapes(output))
+    def check(targets: list[TargetBody]) -> None:
+        whole, general = merge_both(targets, output)
+        assert whole == general
+
+    check()
+
+
+def body_of(lines: list[str], output: OutputFormat) -> bytes:
+    eof = ["# EOF"] if output is OutputFormat.OPENMETRICS else []
+    return ("\n".join(lines + eof) + "\n").encode()
+
+
+def replicas(lines: list[str], output: OutputFormat, count: int = 3) -> list[TargetBody]:
+    return [TargetBody(f"w{i}", body_of(lines, output), CONTENT_TYPES[output]) for i in range(count)]
+
+
+HISTOGRAM = [
+    "# HELP req_seconds Request latency.",
+    "# TYPE req_seconds histogram",
+    'req_seconds_bucket{le="0.1"} 1',
+    'req_seconds_bucket{le="+Inf"} 2',
+    "req_seconds_sum 0.3",
+    "req_seconds_count 2",
+    "# TYPE up gauge",
+    "up 1",
+]
+
+
+@pytest.mark.parametrize("output", list(OutputFormat), ids=lambda output: output.value)
+def test_replicas_of_one_program_take_the_whole_merge(output: OutputFormat) -> None:
+    with counting_whole_merges() as returned:
+        whole, general = merge_both(replicas(HISTOGRAM, output), output)
+    assert whole == general
+    assert len(returned) == 1 and isinstance(returned[0], tuple)
+    assert whole.body.count(b"# TYPE req_seconds histogram") == 1
+    assert b'req_seconds_bucket{worker="w2",le="+Inf"} 2\n' in whole.body
+    assert [outcome.samples for outcome in whole.outcomes] == [5, 5, 5]
+
+
+@pytest.mark.parametrize("output", list(OutputFormat), ids=lambda output: output.value)
+def test_an_invalid_body_is_left_out_and_the_rest_still_take_the_whole_merge(output: OutputFormat) -> None:
+    targets = replicas(HISTOGRAM, output)
+    broken = body_of([*HISTOGRAM[:3], "req_seconds_bucket{le=0.5} 1", *HISTOGRAM[3:]], output)
+    targets[1] = TargetBody("w1", broken, CONTENT_TYPES[output])
+    with counting_whole_merges() as returned:
+        whole, general = merge_both(targets, output)
+
+    assert whole == general
+    assert returned[0] == 1 and isinstance(returned[-1], tuple)
+    assert whole.outcomes[1].error == "invalid_exposition"
+    assert whole.outcomes[1].detail is not None and "line 4" in whole.outcomes[1].detail
+    assert b'worker="w1"' not in whole.body
+
+
+def test_a_body_that_is_not_utf8_is_left_out() -> None:
+    targets = replicas(HISTOGRAM, OutputFormat.TEXT)
+    targets[0] = TargetBody("w0", b'# TYPE up gauge\nup{x="\xff"} 1\n', TEXT)
+    with counting_whole_merges() as returned:
+        whole, general = merge_both(targets, OutputFormat.TEXT)
+    assert whole == general
+    assert whole.outcomes[0].error == "invalid_exposition"
+    assert isinstance(returned[-1], tuple)
+
+
+def test_help_and_unit_conflicts_are_reported_in_the_general_path_order() -> None:
+    first = [
+        "# HELP a One.",
+        "# UNIT a seconds",
+        "# TYPE a gauge",
+        "a 1",
+        "# HELP b B.",
+        "# TYPE b gauge",
+        "b 1",
+    ]
+    second = [
+        "# HELP b Other.",
+        "# TYPE b gauge",
+        "b 2",
+        "# HELP a Two.",
+        "# UNIT a bytes",
+        "# TYPE a gauge",
+        "a 2",
+    ]
+    targets = [
+        TargetBody("w0", body_of(first, OutputFormat.OPENMETRICS), OPENMETRICS),
+        TargetBody("w1", body_of(second, OutputFormat.OPENMETRICS), OPENMETRICS),
+    ]
+    with counting_whole_merges() as returned:
+        whole, general = merge_both(targets, OutputFormat.OPENMETRICS)
+    assert whole == general
+    assert isinstance(returned[0], tuple)
+    assert whole.conflicts == (Conflict("b", "help"), Conflict("a", "help"), Conflict("a", "unit"))
+
+
+@pytest.mark.parametrize(
+    ("case", "lines"),
+    [
+        (
+            "a family given twice",
+            ["# TYPE a gauge", "a 1", "# TYPE b gauge", "b 1", "# TYPE a gauge", 'a{x="1"} 2'],
+        ),
+        ("a sample of another family", ["# TYPE a gauge", "a 1", "# TYPE b gauge", "a 2"]),
+        ("a sample before any metadata", ["a 1"]),
+        ("a clashing worker label", ["# TYPE a gauge", 'a{worker="own"} 1']),
+        ("an exemplar", ["# TYPE a counter", 'a_total 1 # {t="1"} 1']),
+        ("a line of blanks", ["# TYPE a gauge", " ", "a 1"]),
+        ("a plain comment", ["# TYPE a gauge", "# just a note", "a 1"]),
+    ],
+)
+def test_a_body_the_kernel_refuses_goes_whole_to_the_general_path(case: str, lines: list[str]) -> None:
+    output = OutputFormat.OPENMETRICS if case == "an exemplar" else OutputFormat.TEXT
+    with counting_whole_merges() as returned:
+        whole, general = merge_both(replicas(lines, output, count=2), output)
+    assert whole == general
+    assert returned == [0], case
+    assert all(outcome.error is None for outcome in whole.outcomes), case
+
+
+def test_targets_that_disagree_on_a_type_go_to_the_general_path() -> None:
+    targets = [
+        TargetBody("w0", body_of(["# TYPE a gauge", "a 1"], OutputFormat.TEXT), TEXT),
+        TargetBody("w1", body_of(["# TYPE a counter", "a 1"], OutputFormat.TEXT), TEXT),
+    ]
+    with counting_whole_merges() as returned:
+        whole, general = merge_both(targets, OutputFormat.TEXT)
+    assert whole == general
+    assert returned == [-1]
+    assert whole.conflicts == (Conflict("a", "type"),)
+
+
+def test_empty_lines_and_help_escapes_stay_in_the_kernel() -> None:
+    lines = ["# HELP a Back\\\\slash and\\nnewline.", "# TYPE a gauge", "", "a 1", "", ""]
+    with counting_whole_merges() as returned:
+        whole, general = merge_both(replicas(lines, OutputFormat.TEXT, count=2), OutputFormat.TEXT)
+    assert whole == general
+    assert isinstance(returned[0], tuple)
+    assert b"# HELP a Back\\\\slash and\\nnewline.\n" in whole.body
+
+
+def test_a_repeated_series_is_written_once() -> None:
+    lines = ["# TYPE a gauge", 'a{x="1"} 1', 'a{x="2"} 2', 'a{x="1"} 3']
+    with counting_whole_merges() as returned:
+        whole, general = merge_both(replicas(lines, OutputFormat.TEXT, count=2), OutputFormat.TEXT)
+    assert whole == general
+    assert isinstance(returned[0], tuple)
+    assert whole.body.count(b'a{worker="w0",x="1"}') == 1
+    assert [outcome.samples for outcome in whole.outcomes] == [2, 2]
+
+
+def test_bodies_of_the_other_format_and_shared_labels_skip_the_kernel() -> None:
+    text_targets = replicas(["# TYPE a gauge", "a 1"], OutputFormat.TEXT)
+    same_label = [TargetBody("w", target.body, TEXT) for target in text_targets]
+    with counting_whole_merges() as returned:
+        assert (
+            merge_both(text_targets, OutputFormat.OPENMETRICS)[0]
+            == merge_both(text_targets, OutputFormat.OPENMETRICS)[1]
+        )
+        whole, general = merge_both(same_label, OutputFormat.TEXT)
+    assert whole == general
+    assert returned == []
