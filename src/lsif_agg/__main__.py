@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
+import logging
+import os
 import sys
 
 import uvloop
@@ -10,10 +13,41 @@ from lsif_agg.app import run
 from lsif_agg.logs import configure_logging
 from lsif_agg.settings import read_settings
 
+# glibc raises its mmap threshold to the size of each large block that is freed, up to 32 MiB
+# on 64-bit systems (mallopt(3)). After one scrape, the bodies and merged responses (1 to 20 MB
+# each) then come from the heap, which returns freed pages to the kernel only from its top.
+# Setting the threshold turns that adjustment off, so each of them gets its own mapping, which
+# free() unmaps. 128 KiB is glibc's default starting value.
+M_MMAP_THRESHOLD = -3  # mallopt's parameter number in glibc's malloc.h
+MMAP_THRESHOLD_BYTES = 128 * 1024
+# Set by an operator, these already tuned glibc at start-up and must not be overridden.
+MALLOC_ENVIRONMENT = ("MALLOC_MMAP_THRESHOLD_", "GLIBC_TUNABLES")
+
+logger = logging.getLogger("lsif_agg")
+
+
+def fix_mmap_threshold() -> bool:
+    """Fix glibc's mmap threshold at MMAP_THRESHOLD_BYTES; return whether it was set.
+
+    Does nothing on a C library without mallopt, such as macOS's, or when the environment sets
+    glibc's tunables.
+    """
+    if any(name in os.environ for name in MALLOC_ENVIRONMENT):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+
 
 def main() -> None:
+    is_threshold_fixed = fix_mmap_threshold()
     settings = read_settings()
     configure_logging(settings)
+    logger.debug("malloc mmap threshold fixed at %d bytes: %s", MMAP_THRESHOLD_BYTES,
+                 "yes" if is_threshold_fixed else "no (not glibc, or set by the environment)")
     sys.exit(uvloop.run(run(settings)))
 
 
