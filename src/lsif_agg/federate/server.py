@@ -94,19 +94,26 @@ class Federation:
                      keep: SeriesFilter | None) -> ResponseBody:
         """Scrape the targets and return the response body, compressed if negotiated.
 
-        Requests that joined the same fan-out and negotiated the same format, encoding and
-        selectors get the same body, merged and compressed once. It is kept on the fan-out,
-        which is freed with the bodies once every request that joined it has its response.
+        Requests that joined the same fan-out and negotiated the same format and selectors
+        share one merge, and those of them that accept gzip share one compression. The results
+        are kept on the fan-out, which is freed with the bodies once every request that joined
+        it has its response.
         """
         views, fan_out, results = await self.scrape(negotiated.deadline, negotiated.output)
-        key = (negotiated.output, negotiated.gzip, tuple(selectors))
-        body = fan_out.responses.get(key)
+        plain_key = (negotiated.output, False, tuple(selectors))
+        body = fan_out.responses.get(plain_key)
         if body is None:
             body = self.expose(views, results, negotiated.output, keep)
-            if negotiated.gzip:
-                body = _compress(body)
-            fan_out.responses[key] = body
-        return body
+            fan_out.responses[plain_key] = body
+        if not negotiated.gzip:
+            return body
+
+        gzip_key = (negotiated.output, True, tuple(selectors))
+        compressed = fan_out.responses.get(gzip_key)
+        if compressed is None:
+            compressed = _compress(body)
+            fan_out.responses[gzip_key] = compressed
+        return compressed
 
     def expose(self, views: Sequence[ProcessView], results: list[ScrapeResult],
                output: OutputFormat, keep: SeriesFilter | None) -> ResponseBody:
