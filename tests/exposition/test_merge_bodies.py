@@ -284,3 +284,21 @@ def test_bodies_of_the_other_format_and_shared_labels_skip_the_kernel() -> None:
         whole, general = merge_both(same_label, OutputFormat.TEXT)
     assert whole == general
     assert returned == []
+
+
+@pytest.mark.parametrize(
+    ("case", "body"),
+    [
+        ("in a label value", b'# TYPE a gauge\na{x="\xff\xfe"} 1\n# EOF\n'),
+        ("in a HELP text", b"# HELP a Bad \xc3.\n# TYPE a gauge\na 1\n# EOF\n"),
+        ("after # EOF", b"# TYPE a gauge\na 1\n# EOF\n\xff\n"),
+    ],
+)
+def test_bytes_that_are_not_utf8_leave_the_body_out_wherever_they_are(case: str, body: bytes) -> None:
+    targets = replicas(["# TYPE a gauge", "a 1"], OutputFormat.OPENMETRICS, count=2)
+    targets[1] = TargetBody("w1", body, OPENMETRICS)
+    with counting_whole_merges() as returned:
+        whole, general = merge_both(targets, OutputFormat.OPENMETRICS)
+    assert whole == general, case
+    assert whole.outcomes[1].error == "invalid_exposition", case
+    assert isinstance(returned[-1], tuple), case

@@ -25,6 +25,9 @@
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 /* Far above what client libraries write. A line with more labels goes to the general reader. */
 #define MAX_LABELS 64
@@ -65,6 +68,35 @@ fill_classes(void)
 
 #define IS(c, class) (classes[(unsigned char)(c)] & (class))
 
+static inline uint64_t
+load_word(const char *s)
+{
+    uint64_t word;
+    memcpy(&word, s, 8);
+    return word;
+}
+
+/* Whether n bytes at a and b are equal; inline, because most names are shorter than the cost
+ * of a call to memcmp. Past the first word, the last bytes are compared as the word that ends
+ * with them. */
+static inline int
+same_bytes(const char *a, const char *b, Py_ssize_t n)
+{
+    if (n >= 8) {
+        for (Py_ssize_t i = 0; i + 8 <= n; i += 8) {
+            if (load_word(a + i) != load_word(b + i))
+                return 0;
+        }
+        return load_word(a + n - 8) == load_word(b + n - 8);
+    }
+    for (; n > 0; a++, b++, n--) {
+        if (*a != *b)
+            return 0;
+    }
+    return 1;
+}
+
+
 /* Where one accepted line's parts end, as offsets into the run. */
 typedef struct {
     Py_ssize_t start;
@@ -84,6 +116,12 @@ typedef struct {
     Py_ssize_t clashing_length;
     int openmetrics;
     int converting; /* the output format differs, so timestamps are converted or rejected */
+    /* Label names checked before in this body, which most lines repeat: a name found here is
+     * known to be legacy and not the added label's. */
+    const char *known[8];
+    Py_ssize_t known_lengths[8];
+    int known_count;
+    unsigned int wide; /* nonzero once a byte above 0x7f was seen */
 } Rules;
 
 static int
@@ -184,9 +222,38 @@ find_allowed(Rules *rules, const char *name, Py_ssize_t length)
     return rules->count++;
 }
 
+/* Return the first `"`, `\\` or newline in p..e, or e. Label values are scanned 16 bytes at a
+ * time where the compiler targets SSE2, which every x86-64 processor has. Any byte above 0x7f
+ * seen, also a few past the stop, sets bits in *wide: such a body must be checked as UTF-8. */
+static inline const char *
+find_value_stop(const char *p, const char *e, unsigned int *wide)
+{
+#if defined(__SSE2__)
+    const __m128i quote = _mm_set1_epi8('"');
+    const __m128i backslash = _mm_set1_epi8('\\');
+    const __m128i newline = _mm_set1_epi8('\n');
+    while (e - p >= 16) {
+        __m128i chunk = _mm_loadu_si128((const __m128i *)(const void *)p);
+        __m128i stops = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(chunk, quote),
+                                                  _mm_cmpeq_epi8(chunk, backslash)),
+                                     _mm_cmpeq_epi8(chunk, newline));
+        int mask = _mm_movemask_epi8(stops);
+        *wide |= (unsigned int)_mm_movemask_epi8(chunk);
+        if (mask != 0)
+            return p + __builtin_ctz((unsigned int)mask);
+        p += 16;
+    }
+#endif
+    while (p < e && !IS(*p, VALUE_STOP)) {
+        *wide |= (unsigned char)*p & 0x80;
+        p++;
+    }
+    return p;
+}
+
 /* Read the label set after `{` up to and including `}`; return the byte after it, or NULL. */
 static const char *
-scan_labels(const char *p, const char *e, const Rules *rules)
+scan_labels(const char *p, const char *e, Rules *rules)
 {
     const char *names[MAX_LABELS];
     Py_ssize_t lengths[MAX_LABELS];
@@ -195,19 +262,34 @@ scan_labels(const char *p, const char *e, const Rules *rules)
     for (;;) {
         /* The label name: legacy alphabet, not the added label's, not given before. */
         const char *name = p;
-        if (p >= e || !IS(*p, LABEL_START))
-            return NULL;
-        p++;
-        while (p < e && IS(*p, LABEL_REST))
+        Py_ssize_t length = -1;
+        for (int k = 0; k < rules->known_count; k++) {
+            Py_ssize_t known = rules->known_lengths[k];
+            if (e - p > known && p[known] == '=' && same_bytes(p, rules->known[k], known)) {
+                length = known;
+                p += known;
+                break;
+            }
+        }
+        if (length < 0) {
+            if (p >= e || !IS(*p, LABEL_START))
+                return NULL;
             p++;
-        Py_ssize_t length = p - name;
-        if (rules->clashing != NULL && length == rules->clashing_length &&
-            memcmp(name, rules->clashing, (size_t)length) == 0)
-            return NULL;
+            while (p < e && IS(*p, LABEL_REST))
+                p++;
+            length = p - name;
+            if (rules->clashing != NULL && length == rules->clashing_length &&
+                same_bytes(name, rules->clashing, length))
+                return NULL;
+            if (rules->known_count < 8) {
+                rules->known[rules->known_count] = name;
+                rules->known_lengths[rules->known_count++] = length;
+            }
+        }
         if (count == MAX_LABELS)
             return NULL;
         for (int i = 0; i < count; i++) {
-            if (lengths[i] == length && memcmp(names[i], name, (size_t)length) == 0)
+            if (lengths[i] == length && same_bytes(names[i], name, length))
                 return NULL;
         }
         names[count] = name;
@@ -219,8 +301,7 @@ scan_labels(const char *p, const char *e, const Rules *rules)
             return NULL;
         p += 2;
         for (;;) {
-            while (p < e && !IS(*p, VALUE_STOP))
-                p++;
+            p = find_value_stop(p, e, &rules->wide);
             if (p >= e || *p == '\n')
                 return NULL;
             if (*p == '"')
@@ -263,6 +344,9 @@ is_plain_seconds(const char *s, const char *e)
     return s == e;
 }
 
+static int
+scan_rest(const char *run, const char *p, const char *e, Rules *rules, Line *line);
+
 /* Check one line that starts at `start`; fill `line` and return the allowed name's index,
  * or -1 when the general reader must read it. */
 static int
@@ -280,8 +364,15 @@ scan_line(const char *run, Py_ssize_t start, Py_ssize_t size, Rules *rules, Line
     if (allowed < 0)
         return -1;
     line->start = start;
-    line->name_end = p - run;
+    return scan_rest(run, p, e, rules, line) < 0 ? -1 : allowed;
+}
 
+/* Check the rest of a line whose metric name ends at p, and fill `line` but for its start.
+ * Return 0, or -1 when the general reader must read it. */
+static int
+scan_rest(const char *run, const char *p, const char *e, Rules *rules, Line *line)
+{
+    line->name_end = p - run;
     if (p < e && *p == '{') {
         p = scan_labels(p + 1, e, rules);
         if (p == NULL)
@@ -293,10 +384,15 @@ scan_line(const char *run, Py_ssize_t start, Py_ssize_t size, Rules *rules, Line
     if (p >= e || *p != ' ')
         return -1;
     const char *value = ++p;
-    while (p < e && *p != ' ' && *p != '\n')
+    while (p < e && IS(*p, DIGIT))
         p++;
-    if (!is_value(value, p))
-        return -1;
+    if (p == value || (p < e && *p != ' ' && *p != '\n')) {
+        /* Not a plain integer, the most common value: read the whole token. */
+        while (p < e && *p != ' ' && *p != '\n')
+            p++;
+        if (!is_value(value, p))
+            return -1;
+    }
     line->stamp = -1;
     if (p < e && *p == ' ') {
         const char *timestamp = ++p;
@@ -312,7 +408,7 @@ scan_line(const char *run, Py_ssize_t start, Py_ssize_t size, Rules *rules, Line
     if (p < e && *p != '\n')
         return -1; /* an exemplar or a trailing blank */
     line->end = p - run;
-    return allowed;
+    return 0;
 }
 
 static uint64_t
@@ -461,6 +557,8 @@ read_rules(Rules *rules, PyObject *allowed, PyObject *clashing, int openmetrics)
     }
     rules->openmetrics = openmetrics;
     rules->converting = 0;
+    rules->known_count = 0;
+    rules->wide = 0;
     return 0;
 }
 
@@ -930,6 +1028,7 @@ typedef struct {
     Py_ssize_t first; /* index of its first line in the line array */
     Py_ssize_t count; /* lines in the block, repeats included */
     Py_ssize_t kept;  /* lines written: the first of each series */
+    Py_ssize_t bytes; /* what the kept lines take in the output, but for the added label */
     Py_ssize_t body;  /* which body */
     Py_ssize_t next;  /* the next block of the same merged family, or -1 */
     Py_ssize_t name_lines[4]; /* for each suffix, the first line that used it, or -1 */
@@ -1122,19 +1221,63 @@ has_equal_neighbours(Span *spans, Py_ssize_t count)
     return 0;
 }
 
+/* Hash a series in two independent lanes of 8 bytes, so that the multiplications overlap. */
+static uint64_t
+hash_series(const char *s, Py_ssize_t n)
+{
+    Py_ssize_t length = n;
+    uint64_t a = 0x9e3779b97f4a7c15ULL ^ (uint64_t)n, b = 0x632be59bd9b4e019ULL;
+    for (; n >= 16; s += 16, n -= 16) {
+        a = (a ^ load_word(s)) * 0xff51afd7ed558ccdULL;
+        b = (b ^ load_word(s + 8)) * 0xc4ceb9fe1a85ec53ULL;
+        a ^= a >> 31;
+        b ^= b >> 29;
+    }
+    if (n >= 8) {
+        a = (a ^ load_word(s)) * 0xff51afd7ed558ccdULL;
+        a ^= a >> 31;
+        s += 8;
+        n -= 8;
+    }
+    /* The last bytes: a word that ends at the end when the series is long enough, which
+     * rehashes a few bytes but avoids a copy through memory. */
+    uint64_t tail = 0;
+    if (n > 0 && length >= 8) {
+        tail = load_word(s + n - 8);
+    }
+    else {
+        for (Py_ssize_t i = 0; i < n; i++)
+            tail |= (uint64_t)(unsigned char)s[i] << (8 * i);
+    }
+    b = (b ^ tail) * 0xc4ceb9fe1a85ec53ULL;
+    uint64_t hash = (a ^ (b >> 17) ^ (b << 47)) * 0x9e3779b97f4a7c15ULL;
+    return hash ^ (hash >> 32);
+}
+
+/* A slot of the repeat table: a line and its series' hash. */
+typedef struct {
+    Py_ssize_t line;
+    uint64_t hash;
+} SeriesSlot;
+
 /* Mark the lines of a block whose series an earlier line of the block has; the general reader
  * keeps the first. Return -1 on no memory. */
 static int
-drop_repeats(MergeState *state, const char *text, Block *block, Py_ssize_t **table, size_t *table_slots)
+drop_repeats(MergeState *state, const char *text, Block *block, SeriesSlot **table, size_t *table_slots)
 {
     block->kept = block->count;
+    block->bytes = 0;
+    for (Py_ssize_t i = block->first; i < block->first + block->count; i++) {
+        const SampleLine *line = &state->lines[i];
+        block->bytes += line->end - line->start + (line->key_end == line->name_end ? 3 : 2);
+    }
     if (block->count < 2)
         return 0;
     size_t slots = 16;
     while (slots < (size_t)block->count * 2)
         slots <<= 1;
     if (slots > *table_slots) {
-        Py_ssize_t *grown = PyMem_Realloc(*table, slots * sizeof(Py_ssize_t));
+        SeriesSlot *grown = PyMem_Realloc(*table, slots * sizeof(SeriesSlot));
         if (grown == NULL) {
             PyErr_NoMemory();
             return -1;
@@ -1142,23 +1285,26 @@ drop_repeats(MergeState *state, const char *text, Block *block, Py_ssize_t **tab
         *table = grown;
         *table_slots = slots;
     }
-    memset(*table, 0xff, slots * sizeof(Py_ssize_t));
+    memset(*table, 0xff, slots * sizeof(SeriesSlot)); /* line -1: an empty slot */
 
     for (Py_ssize_t i = block->first; i < block->first + block->count; i++) {
         const SampleLine *line = &state->lines[i];
         Py_ssize_t length = line->key_end - line->start;
-        size_t slot = (size_t)hash_bytes(text + line->start, length) & (slots - 1);
+        uint64_t hash = hash_series(text + line->start, length);
+        size_t slot = (size_t)hash & (slots - 1);
         for (;;) {
-            Py_ssize_t other_index = (*table)[slot];
-            if (other_index < 0) {
-                (*table)[slot] = i;
+            SeriesSlot *entry = &(*table)[slot];
+            if (entry->line < 0) {
+                entry->line = i;
+                entry->hash = hash;
                 break;
             }
-            const SampleLine *other = &state->lines[other_index];
-            if (other->key_end - other->start == length &&
-                memcmp(text + other->start, text + line->start, (size_t)length) == 0) {
+            const SampleLine *other = &state->lines[entry->line];
+            if (entry->hash == hash && other->key_end - other->start == length &&
+                same_bytes(text + other->start, text + line->start, length)) {
                 state->dropped[i] = 1;
                 block->kept--;
+                block->bytes -= line->end - line->start + (line->key_end == line->name_end ? 3 : 2);
                 break;
             }
             slot = (slot + 1) & (slots - 1);
@@ -1172,7 +1318,7 @@ drop_repeats(MergeState *state, const char *text, Block *block, Py_ssize_t **tab
 static int
 read_canonical(MergeState *state, Py_ssize_t body_index, const char *text, Py_ssize_t size,
                int openmetrics, const char *label_name, Py_ssize_t label_name_length,
-               Py_ssize_t **table, size_t *table_slots)
+               SeriesSlot **table, size_t *table_slots, int *wide)
 {
     const KindRule *kinds = openmetrics ? OPENMETRICS_KINDS : TEXT_KINDS;
     int kind_count = openmetrics ? 8 : 5;
@@ -1211,9 +1357,13 @@ read_canonical(MergeState *state, Py_ssize_t body_index, const char *text, Py_ss
                 return 0;
             if (meta_kind == META_EOF) {
                 finished = 1;
+                if (end + 1 < size)
+                    rules.wide = 1; /* the general reader checks the bytes after it too */
                 break;
             }
             position = end + 1;
+            for (const char *t = meta; t < meta + meta_length; t++)
+                rules.wide |= (unsigned char)*t & 0x80;
 
             /* A metadata line opens a new block unless it names the open one, which has no
              * sample yet. */
@@ -1266,30 +1416,32 @@ read_canonical(MergeState *state, Py_ssize_t body_index, const char *text, Py_ss
             state->dropped = dropped;
         }
 
-        /* The sample name, matched against the block's family; then the rest of the line. */
+        /* The sample name, matched against the block's family; then the rest of the line. Most
+         * lines repeat the name of the line before, which was checked already, so comparing
+         * words with it checks the name too. */
         const char *p = text + position, *e = text + size;
-        const char *name_end = scan_metric_name(p, e);
-        if (name_end == NULL)
-            return 0;
-        Py_ssize_t name_length = name_end - p;
+        const char *name_end;
         int suffix;
-        if (last_name != NULL && name_length == last_length && memcmp(p, last_name, (size_t)name_length) == 0) {
+        if (last_name != NULL && e - p > last_length && same_bytes(p, last_name, last_length) &&
+            !IS(p[last_length], METRIC_REST)) {
+            name_end = p + last_length;
             suffix = last_suffix;
         }
         else {
-            suffix = match_sample(block, &kinds[block->kind], p, name_length);
+            name_end = scan_metric_name(p, e);
+            if (name_end == NULL)
+                return 0;
+            suffix = match_sample(block, &kinds[block->kind], p, name_end - p);
             if (suffix < 0)
                 return 0;
             last_name = p;
-            last_length = name_length;
+            last_length = name_end - p;
             last_suffix = suffix;
         }
 
         Line line;
-        rules.names[0] = p;
-        rules.lengths[0] = name_length;
-        rules.count = 1;
-        if (scan_line(text, position, size, &rules, &line) < 0)
+        line.start = position;
+        if (scan_rest(text, name_end, e, &rules, &line) < 0)
             return 0;
         if (block->name_lines[suffix] < 0)
             block->name_lines[suffix] = state->line_count;
@@ -1338,6 +1490,7 @@ read_canonical(MergeState *state, Py_ssize_t body_index, const char *text, Py_ss
         if (drop_repeats(state, text, &state->blocks[i], table, table_slots) < 0)
             return -1;
     }
+    *wide = rules.wide != 0;
     return 1;
 }
 
@@ -1496,6 +1649,30 @@ write_metadata(char *out, const char *keyword, const Merged *family, const char 
     return out;
 }
 
+/* Copy n bytes to out and return the byte after them. Most pieces of a line are shorter than
+ * 32 bytes, which two overlapping 16-byte moves copy without a call to memcpy. */
+static inline char *
+put(char *out, const char *s, Py_ssize_t n)
+{
+#if defined(__SSE2__)
+    if (n >= 16 && n <= 32) {
+        __m128i head = _mm_loadu_si128((const __m128i *)(const void *)s);
+        __m128i tail = _mm_loadu_si128((const __m128i *)(const void *)(s + n - 16));
+        _mm_storeu_si128((__m128i *)(void *)out, head);
+        _mm_storeu_si128((__m128i *)(void *)(out + n - 16), tail);
+        return out + n;
+    }
+#endif
+    if (n >= 8 && n < 16) {
+        uint64_t head = load_word(s), tail = load_word(s + n - 8);
+        memcpy(out, &head, 8);
+        memcpy(out + n - 8, &tail, 8);
+        return out + n;
+    }
+    memcpy(out, s, (size_t)n);
+    return out + n;
+}
+
 /* Write the merged families into one bytes object. */
 static PyObject *
 write_merged(const MergeState *state, const char *const *texts, const char *const *added,
@@ -1512,13 +1689,7 @@ write_merged(const MergeState *state, const char *const *texts, const char *cons
             size += 9 + family->name_length + family->unit_length;
         for (Py_ssize_t b = family->first_block; b >= 0; b = state->blocks[b].next) {
             const Block *block = &state->blocks[b];
-            for (Py_ssize_t i = block->first; i < block->first + block->count; i++) {
-                if (state->dropped[i])
-                    continue;
-                const SampleLine *line = &state->lines[i];
-                size += line->end - line->start + 1 + added_lengths[block->body];
-                size += line->key_end == line->name_end ? 2 : 1;
-            }
+            size += block->bytes + block->kept * added_lengths[block->body];
         }
     }
 
@@ -1545,11 +1716,9 @@ write_merged(const MergeState *state, const char *const *texts, const char *cons
                     continue;
                 const SampleLine *line = &state->lines[i];
                 Py_ssize_t name_length = line->name_end - line->start;
-                memcpy(out, text + line->start, (size_t)name_length);
-                out += name_length;
+                out = put(out, text + line->start, name_length);
                 *out++ = '{';
-                memcpy(out, label, (size_t)label_length);
-                out += label_length;
+                out = put(out, label, label_length);
                 if (line->key_end == line->name_end) {
                     *out++ = '}';
                 }
@@ -1557,9 +1726,7 @@ write_merged(const MergeState *state, const char *const *texts, const char *cons
                     *out++ = ',';
                     name_length++; /* the `{` is already written */
                 }
-                Py_ssize_t rest = line->end - line->start - name_length;
-                memcpy(out, text + line->start + name_length, (size_t)rest);
-                out += rest;
+                out = put(out, text + line->start + name_length, line->end - line->start - name_length);
                 *out++ = '\n';
             }
         }
@@ -1580,10 +1747,12 @@ PyDoc_STRVAR(merge_bodies_doc,
 "merge_bodies(bodies, added_labels, label_name, openmetrics, /)\n--\n\n"
 "Merge canonical bodies, all in the output format, into one exposition.\n\n"
 "bodies is a tuple of bytes and added_labels a tuple of the `name=\"value\"` item to add to\n"
-"each body's samples; the values must differ. Return (merged, samples, conflicts): samples\n"
-"counts each body's samples written, and conflicts lists (family, \"help\" or \"unit\") in\n"
-"the order merge.py reports them. Return the index of the first body that is not canonical,\n"
-"or -1 when two bodies disagree on a family's type: the general path must merge those.");
+"each body's samples; the values must differ. Return (merged, samples, conflicts, unchecked):\n"
+"samples counts each body's samples written, conflicts lists (family, \"help\" or \"unit\")\n"
+"in the order merge.py reports them, and unchecked the indexes of bodies with bytes above\n"
+"0x7f, which the caller must check as UTF-8. Return the index of the first body that is not\n"
+"canonical, or -1 when two bodies disagree on a family's type: the general path must merge\n"
+"those.");
 
 static PyObject *
 merge_bodies(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
@@ -1610,15 +1779,16 @@ merge_bodies(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     const char **added = PyMem_Malloc((size_t)(count + 1) * sizeof(char *));
     Py_ssize_t *added_lengths = PyMem_Malloc((size_t)(count + 1) * sizeof(Py_ssize_t));
     PyObject *conflicts = PyList_New(0);
+    PyObject *unchecked = PyList_New(0);
     MergeState state = {0};
-    Py_ssize_t *table = NULL;
+    SeriesSlot *table = NULL;
     size_t table_slots = 0;
     PyObject *result = NULL;
     if (texts == NULL || added == NULL || added_lengths == NULL) {
         PyErr_NoMemory();
         goto done;
     }
-    if (conflicts == NULL)
+    if (conflicts == NULL || unchecked == NULL)
         goto done;
 
     const char *label_name = PyBytes_AS_STRING(args[2]);
@@ -1628,13 +1798,21 @@ merge_bodies(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         texts[i] = PyBytes_AS_STRING(body);
         added[i] = PyBytes_AS_STRING(PyTuple_GET_ITEM(args[1], i));
         added_lengths[i] = PyBytes_GET_SIZE(PyTuple_GET_ITEM(args[1], i));
+        int wide = 0;
         int canonical = read_canonical(&state, i, texts[i], PyBytes_GET_SIZE(body), openmetrics,
-                                       label_name, label_name_length, &table, &table_slots);
+                                       label_name, label_name_length, &table, &table_slots, &wide);
         if (canonical < 0)
             goto done;
         if (canonical == 0) {
             result = PyLong_FromSsize_t(i);
             goto done;
+        }
+        if (wide) {
+            PyObject *index = PyLong_FromSsize_t(i);
+            int appended = index == NULL ? -1 : PyList_Append(unchecked, index);
+            Py_XDECREF(index);
+            if (appended < 0)
+                goto done;
         }
     }
 
@@ -1667,7 +1845,7 @@ merge_bodies(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         Py_DECREF(samples);
         goto done;
     }
-    result = Py_BuildValue("(NNO)", merged, samples, conflicts);
+    result = Py_BuildValue("(NNOO)", merged, samples, conflicts, unchecked);
 
 done:
     PyMem_Free(texts);
@@ -1675,6 +1853,7 @@ done:
     PyMem_Free(added_lengths);
     PyMem_Free(table);
     Py_XDECREF(conflicts);
+    Py_XDECREF(unchecked);
     free_state(&state);
     return result;
 }

@@ -75,15 +75,11 @@ def _merge_canonical(
     if None in labels or len(set(labels)) != len(labels):
         return None  # repeats across targets are found only by the general path
     openmetrics = output is OutputFormat.OPENMETRICS
-    outcomes: dict[int, TargetOutcome] = {}
-    for index, target in enumerate(targets):
-        if is_openmetrics(target.body, target.content_type) is not openmetrics:
-            return None  # converting between formats maps families; the general path does it
-        if not _is_utf8(target.body):
-            error = _read_error(target, output, label_name) or "invalid UTF-8"
-            outcomes[index] = TargetOutcome(target.label, 0, INVALID_EXPOSITION, error)
+    if any(is_openmetrics(target.body, target.content_type) is not openmetrics for target in targets):
+        return None  # converting between formats maps families; the general path does it
 
     name = label_name.encode()
+    outcomes: dict[int, TargetOutcome] = {}
     while True:
         kept = [index for index in range(len(targets)) if index not in outcomes]
         bodies = tuple(targets[index].body for index in kept)
@@ -91,17 +87,23 @@ def _merge_canonical(
             name + b'="' + escape_label_value(str(targets[index].label)) + b'"' for index in kept
         )
         merged = fast.merge_bodies(bodies, added, name, openmetrics)
-        if not isinstance(merged, int):
-            break
-        if merged < 0:
-            return None  # two targets disagree on a type, which the general path settles
-        refused = kept[merged]
-        reason = _read_error(targets[refused], output, label_name)
-        if reason is None:
-            return None  # valid but not canonical
-        outcomes[refused] = TargetOutcome(targets[refused].label, 0, INVALID_EXPOSITION, reason)
+        if isinstance(merged, int):
+            if merged < 0:
+                return None  # two targets disagree on a type, which the general path settles
+            refused = [kept[merged]]
+        else:
+            # The kernel checks only that bytes are ASCII; a body with others is decoded here.
+            refused = [kept[index] for index in merged[3] if not _is_utf8(bodies[index])]
+            if not refused:
+                break
 
-    body, samples, conflicts = merged
+        for index in refused:
+            reason = _read_error(targets[index], output, label_name)
+            if reason is None:
+                return None  # valid but not canonical
+            outcomes[index] = TargetOutcome(targets[index].label, 0, INVALID_EXPOSITION, reason)
+
+    body, samples, conflicts, _ = merged
     for index, count in zip(kept, samples, strict=True):
         outcomes[index] = TargetOutcome(targets[index].label, count, None, None)
     return MergeResult(
@@ -112,8 +114,6 @@ def _merge_canonical(
 
 
 def _is_utf8(body: bytes) -> bool:
-    if body.isascii():
-        return True
     try:
         body.decode()
     except UnicodeDecodeError:
