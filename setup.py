@@ -1,4 +1,6 @@
-"""Build the compiled fast-path kernel. The rest of the package is described in pyproject.toml."""
+"""Build the compiled extensions: the fast-path kernel and the normalizer of quirky lines. The rest
+of the package is described in pyproject.toml.
+"""
 
 from setuptools import Extension, setup
 
@@ -8,6 +10,11 @@ setup(
             "lsif_agg.exposition._relabel",
             ["src/lsif_agg/exposition/_relabel.c"],
             extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Werror=implicit"],
-        )
+        ),
+        Extension(
+            "lsif_agg.exposition._normalize",
+            ["src/lsif_agg/exposition/_normalize.c"],
+            extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Werror=implicit"],
+        ),
     ]
 )

@@ -17,7 +17,7 @@ import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from lsif_agg.exposition import fast, formats, syntax
+from lsif_agg.exposition import _normalize, fast, formats, syntax
 from lsif_agg.exposition.fast import FastRun
 from lsif_agg.exposition.records import OutputFormat, SeriesFilter
 from lsif_agg.exposition.syntax import InvalidExposition
@@ -97,6 +97,21 @@ class Part:
     @property
     def unit(self) -> bytes | None:
         return self.source.unit
+
+
+@dataclass(frozen=True, slots=True)
+class NormalizedRun(FastRun):
+    """A run of sample lines that the normalizer rewrote, with the series it listed for them.
+
+    The kernel's series_keys reads only canonical lines, so this run keeps its own list.
+    """
+
+    series: bytes  # each line's series without the added label, each followed by a newline
+
+    def keys(self) -> list[bytes]:
+        keys = self.series.split(b"\n")
+        keys.pop()  # the empty bytes after the last newline
+        return keys
 
 
 def is_openmetrics(body: bytes, content_type: str | None) -> bool:
@@ -185,7 +200,7 @@ class TargetReader:
                 number += item[4] if body[item[1] - 1] == 0x0A else item[4] - 1  # "\n"
                 continue
             else:
-                finished, number = self.read_lines(body[item[0] : item[1]], number)
+                finished, number = self.read_rejected_run(body, item[0], item[1], number)
             if finished:
                 return True, number
         return False, number
@@ -205,6 +220,65 @@ class TargetReader:
         run = FastRun(block, body, start, end, count, frozenset(names), openmetrics)
         self.part_for(family, names[0]).add_run(run)
         return True
+
+    def read_rejected_run(self, body: bytes, start: int, end: int, number: int) -> tuple[bool, int]:
+        """Read a run the kernel rejected: the normalizer rewrites the lines it covers, and
+        read_lines reads each line it leaves, in line order, so errors keep their messages."""
+        openmetrics = self.source is OutputFormat.OPENMETRICS
+        output_openmetrics = self.output is OutputFormat.OPENMETRICS
+        position = start
+        while position < end:
+            stop, newlines, block, series, stretches = _normalize.normalize_lines(
+                body, position, end, self.added_label, self.label_name, openmetrics, output_openmetrics
+            )
+            if stretches:
+                self.add_stretches(body, position, block, series, stretches)
+            number += newlines
+            if stop == end:
+                break
+
+            newline = body.find(b"\n", stop, end)
+            position = end if newline < 0 else newline + 1
+            finished, number = self.read_lines(body[stop:position], number)
+            if finished:
+                return True, number
+        return False, number
+
+    def add_stretches(
+        self,
+        body: bytes,
+        start: int,
+        block: bytes,
+        series: bytes,
+        stretches: "tuple[_normalize.Stretch, ...]",  # the alias exists in the stub only
+    ) -> None:
+        """Add the lines the normalizer wrote to the parts of their sample names, as
+        read_sample would: one run for each group of neighbouring stretches in one part."""
+        openmetrics = self.source is OutputFormat.OPENMETRICS
+        if len(stretches) == 1:  # one sample name, the usual case
+            name, lines, end, _, _ = stretches[0]
+            run = NormalizedRun(block, body, start, end, lines, frozenset((name,)), openmetrics, series)
+            self.part_for(self.family_for(name), name).add_run(run)
+            return
+
+        parts = [self.part_for(self.family_for(stretch[0]), stretch[0]) for stretch in stretches]
+        first, begin = 0, (start, 0, 0)  # where the group starts in body, block and series
+        for index, stretch in enumerate(stretches):
+            if index + 1 < len(stretches) and parts[index + 1] is parts[index]:
+                continue
+            group, end_of_group = stretches[first : index + 1], stretch[2:]
+            run = NormalizedRun(
+                block[begin[1] : end_of_group[1]],
+                body,
+                begin[0],
+                end_of_group[0],
+                sum(grouped[1] for grouped in group),
+                frozenset(grouped[0] for grouped in group),
+                openmetrics,
+                series[begin[2] : end_of_group[2]],
+            )
+            parts[index].add_run(run)
+            first, begin = index + 1, end_of_group
 
     def is_one_part(self, family: SourceFamily, names: tuple[bytes, ...]) -> bool:
         # OpenMetrics to text splits some families by sample name: a counter's _created
