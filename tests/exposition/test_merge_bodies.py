@@ -35,9 +35,11 @@ SUFFIXES = {
         "stateset": [""],
     },
 }
-FAMILY_NAMES = ["a", "b", "c_total", "d:e", "a_sum"]
+FAMILY_NAMES = ["a", "b", "c", "c_total", "d:e", "a_sum"]
 HELP_TEXTS = ["", "Requests.", 'with "quotes"', "tab\tinside", "é ü", "two  blanks", "back\\\\slash"]
 LABEL_VALUES = ["", "x", "}", ",", "#", "{", '\\"', "\\\\", "\\n", "a b", "é", "} 1 # {"]
+# Text milliseconds that become OpenMetrics seconds: whole, short, signed, zero.
+TEXT_STAMPS = [" 1700000000123", " 1700000000000", " 5", " -1", " +20", " 0", " -0", " 0012000"]
 SAMPLE_VALUES = ["1", "-0", "NaN", "+Inf", "-Inf", "1e-320", "2.5", ".5"]
 
 
@@ -63,22 +65,22 @@ def counting_whole_merges() -> Iterator[list[object]]:
 
 
 @st.composite
-def family_blocks(draw: st.DrawFn, output: OutputFormat, name: str, kind: str) -> str:
+def family_blocks(draw: st.DrawFn, source: OutputFormat, name: str, kind: str) -> str:
     """Draw one family block: metadata lines in any order, then samples of its sample names."""
     metadata = []
     if draw(st.integers(0, 4)) > 0:
         metadata.append(f"# TYPE {name} {kind}")
     if draw(st.booleans()):
         metadata.append(f"# HELP {name} {draw(st.sampled_from(HELP_TEXTS))}".rstrip(" "))
-    if output is OutputFormat.OPENMETRICS and draw(st.booleans()):
+    if source is OutputFormat.OPENMETRICS and draw(st.booleans()):
         metadata.append(f"# UNIT {name} {draw(st.sampled_from(['seconds', 'bytes']))}")
     metadata = draw(st.permutations(metadata))
     if not any(line.startswith("# TYPE") for line in metadata):
-        kind = "untyped" if output is OutputFormat.TEXT else "unknown"
+        kind = "untyped" if source is OutputFormat.TEXT else "unknown"
 
     samples = []
     for _ in range(draw(st.integers(0, 6) | st.integers(1, 3))):
-        suffix = draw(st.sampled_from(SUFFIXES[output][kind]))
+        suffix = draw(st.sampled_from(SUFFIXES[source][kind]))
         labels = draw(
             st.lists(
                 st.tuples(st.sampled_from(["le", "path", "x"]), st.sampled_from(LABEL_VALUES)),
@@ -87,7 +89,8 @@ def family_blocks(draw: st.DrawFn, output: OutputFormat, name: str, kind: str) -
             )
         )
         written = ",".join(f'{label}="{value}"' for label, value in labels)
-        stamp = draw(st.sampled_from(["", " 1700000000123" if output is OutputFormat.TEXT else " 17.5"]))
+        stamps = TEXT_STAMPS if source is OutputFormat.TEXT else [" 17.5", " -1", " 1e3"]
+        stamp = draw(st.sampled_from(["", *stamps]))
         value = draw(st.sampled_from(SAMPLE_VALUES))
         samples.append(
             f"{name}{suffix}{{{written}}} {value}{stamp}" if labels else f"{name}{suffix} {value}{stamp}"
@@ -99,25 +102,59 @@ BREAKAGES = ["", "\n", "# a plain comment\n", "bad line\n", "a 1 2 3\n", "a\r\n"
 
 
 @st.composite
-def scrapes(draw: st.DrawFn, output: OutputFormat) -> list[TargetBody]:
-    """Draw up to four targets of one program: the same types unless a draw changes one."""
-    kinds = {name: draw(st.sampled_from(sorted(SUFFIXES[output]))) for name in FAMILY_NAMES}
+def scrapes(draw: st.DrawFn, output: OutputFormat, mixed: bool = False) -> list[TargetBody]:
+    """Draw up to four targets of one program: the same types unless a draw changes one.
+
+    Mixed scrapes draw each target's format, as when a server and its workers differ.
+    """
+    all_kinds = {
+        form: {name: draw(st.sampled_from(sorted(SUFFIXES[form]))) for name in FAMILY_NAMES}
+        for form in OutputFormat
+    }
     targets = []
     for index in range(draw(st.integers(1, 4))):
+        source = draw(st.sampled_from(OutputFormat)) if mixed else output
+        kinds = all_kinds[source]
         if draw(st.integers(0, 9)) == 0:
-            kinds = dict(kinds, a=draw(st.sampled_from(sorted(SUFFIXES[output]))))
+            kinds = all_kinds[source] = dict(kinds, a=draw(st.sampled_from(sorted(SUFFIXES[source]))))
         # Mostly each family once, as client libraries write them; now and then one twice.
         names = draw(st.permutations(FAMILY_NAMES))[: draw(st.integers(0, len(FAMILY_NAMES)))]
         if names and draw(st.integers(0, 9)) == 0:
             names.append(names[0])
-        blocks = [draw(family_blocks(output, name, kinds[name])) for name in names]
+        blocks = [draw(family_blocks(source, name, kinds[name])) for name in names]
         body = "\n".join(block for block in blocks if block)
         body += "\n" if body else ""
         body += draw(st.sampled_from(BREAKAGES[:1] * 12 + BREAKAGES))
-        if output is OutputFormat.OPENMETRICS:
+        if source is OutputFormat.OPENMETRICS:
             body += "# EOF\n"
-        targets.append(TargetBody(f"w{index}", body.encode(), CONTENT_TYPES[output]))
+        targets.append(TargetBody(f"w{index}", body.encode(), CONTENT_TYPES[source]))
     return targets
+
+
+def test_mixed_formats_into_openmetrics_match_the_general_path() -> None:
+    @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(scrapes(OutputFormat.OPENMETRICS, mixed=True))
+    def check(targets: list[TargetBody]) -> None:
+        whole, general = merge_both(targets, OutputFormat.OPENMETRICS)
+        assert whole == general
+
+    check()
+
+
+def test_text_counters_join_openmetrics_counters_in_the_kernel() -> None:
+    text = b"# HELP c_total Calls.\n# TYPE c_total counter\nc_total 1 1700000000123\n"
+    openmetrics = b"# HELP c Calls.\n# TYPE c counter\nc_total 2\nc_created 1.5\n# EOF\n"
+    targets = [TargetBody("w0", text, TEXT), TargetBody("w1", openmetrics, OPENMETRICS)]
+    with counting_whole_merges() as returned:
+        whole, general = merge_both(targets, OutputFormat.OPENMETRICS)
+
+    assert whole == general
+    assert isinstance(returned[0], tuple)
+    assert whole.body == (
+        b"# HELP c Calls.\n# TYPE c counter\n"
+        b'c_total{worker="w0"} 1 1700000000.123\n'
+        b'c_total{worker="w1"} 2\nc_created{worker="w1"} 1.5\n# EOF\n'
+    )
 
 
 @pytest.mark.parametrize("output", list(OutputFormat), ids=lambda output: output.value)
@@ -273,15 +310,13 @@ def test_a_repeated_series_is_written_once() -> None:
     assert [outcome.samples for outcome in whole.outcomes] == [2, 2]
 
 
-def test_bodies_of_the_other_format_and_shared_labels_skip_the_kernel() -> None:
-    text_targets = replicas(["# TYPE a gauge", "a 1"], OutputFormat.TEXT)
-    same_label = [TargetBody("w", target.body, TEXT) for target in text_targets]
+def test_openmetrics_into_text_and_shared_labels_skip_the_kernel() -> None:
+    lines = ["# TYPE a gauge", "a 1"]
+    shared = [TargetBody("w", target.body, TEXT) for target in replicas(lines, OutputFormat.TEXT)]
     with counting_whole_merges() as returned:
-        assert (
-            merge_both(text_targets, OutputFormat.OPENMETRICS)[0]
-            == merge_both(text_targets, OutputFormat.OPENMETRICS)[1]
-        )
-        whole, general = merge_both(same_label, OutputFormat.TEXT)
+        converted, general = merge_both(replicas(lines, OutputFormat.OPENMETRICS), OutputFormat.TEXT)
+        assert converted == general
+        whole, general = merge_both(shared, OutputFormat.TEXT)
     assert whole == general
     assert returned == []
 

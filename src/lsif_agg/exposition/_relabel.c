@@ -994,6 +994,7 @@ static const KindRule TEXT_KINDS[] = {
     {"summary", {"", "_sum", "_count"}, 3},
     {"untyped", {""}, 1},
 };
+#define TEXT_COUNTER 0
 #define TEXT_UNTYPED 4
 
 static const KindRule OPENMETRICS_KINDS[] = {
@@ -1006,6 +1007,7 @@ static const KindRule OPENMETRICS_KINDS[] = {
     {"stateset", {""}, 1},
     {"unknown", {""}, 1},
 };
+#define OPENMETRICS_COUNTER 0
 #define OPENMETRICS_UNKNOWN 7
 
 /* One sample line, as offsets into its body. */
@@ -1014,13 +1016,19 @@ typedef struct {
     uint32_t name_end;
     uint32_t key_end;
     uint32_t end; /* the newline, or the end of a body without a final newline */
+    uint32_t stamp; /* the timestamp's first byte when it is converted, else NO_STAMP */
 } SampleLine;
+
+#define NO_STAMP UINT32_MAX
 
 /* One family's block in one body. */
 typedef struct {
     const char *name;
     Py_ssize_t name_length;
-    int kind;
+    int kind; /* in the body's format */
+    const char *out_name; /* the family it joins in the output format, and its type there */
+    Py_ssize_t out_name_length;
+    int out_kind;
     const char *help; /* NULL when the block has no HELP line */
     Py_ssize_t help_length;
     const char *unit; /* NULL when the block has no UNIT line */
@@ -1029,6 +1037,7 @@ typedef struct {
     Py_ssize_t count; /* lines in the block, repeats included */
     Py_ssize_t kept;  /* lines written: the first of each series */
     Py_ssize_t bytes; /* what the kept lines take in the output, but for the added label */
+    Py_ssize_t stamps; /* kept lines with a timestamp to convert */
     Py_ssize_t body;  /* which body */
     Py_ssize_t next;  /* the next block of the same merged family, or -1 */
     Py_ssize_t name_lines[4]; /* for each suffix, the first line that used it, or -1 */
@@ -1134,13 +1143,29 @@ is_plain_text(const char *s, const char *e, int openmetrics)
     return 1;
 }
 
+/* Whether text HELP is written back unchanged in OpenMetrics: the general reader unescapes \\,
+ * \n and \" and escapes all three again, so those may stand, but a bare quote may not. */
+static int
+is_plain_text_for_openmetrics(const char *s, const char *e)
+{
+    if (!is_plain_text(s, e, 0))
+        return 0;
+    for (; s < e; s++) {
+        if (*s == '"')
+            return 0;
+        if (*s == '\\')
+            s++;
+    }
+    return 1;
+}
+
 enum { META_NONE, META_HELP, META_TYPE, META_UNIT, META_EOF };
 
 /* Read a canonical comment line s..e (without its newline): fill name and text and return its
  * META_ kind, or -1 when the general reader must read it. */
 static int
-scan_comment(const char *s, const char *e, int openmetrics, const char **name, Py_ssize_t *name_length,
-             const char **text, Py_ssize_t *text_length)
+scan_comment(const char *s, const char *e, int openmetrics, int converting, const char **name,
+             Py_ssize_t *name_length, const char **text, Py_ssize_t *text_length)
 {
     Py_ssize_t length = e - s;
     if (openmetrics && length == 5 && memcmp(s, "# EOF", 5) == 0)
@@ -1175,7 +1200,8 @@ scan_comment(const char *s, const char *e, int openmetrics, const char **name, P
     *text = name_end + 1;
     *text_length = e - (name_end + 1);
     if (kind == META_HELP)
-        return is_plain_text(*text, e, openmetrics) ? kind : -1;
+        return (converting ? is_plain_text_for_openmetrics(*text, e) : is_plain_text(*text, e, openmetrics))
+            ? kind : -1;
     if (*text_length == 0)
         return -1;
     for (const char *t = *text; t < e; t++) {
@@ -1267,9 +1293,11 @@ drop_repeats(MergeState *state, const char *text, Block *block, SeriesSlot **tab
 {
     block->kept = block->count;
     block->bytes = 0;
+    block->stamps = 0;
     for (Py_ssize_t i = block->first; i < block->first + block->count; i++) {
         const SampleLine *line = &state->lines[i];
         block->bytes += line->end - line->start + (line->key_end == line->name_end ? 3 : 2);
+        block->stamps += line->stamp != NO_STAMP;
     }
     if (block->count < 2)
         return 0;
@@ -1305,6 +1333,7 @@ drop_repeats(MergeState *state, const char *text, Block *block, SeriesSlot **tab
                 state->dropped[i] = 1;
                 block->kept--;
                 block->bytes -= line->end - line->start + (line->key_end == line->name_end ? 3 : 2);
+                block->stamps -= line->stamp != NO_STAMP;
                 break;
             }
             slot = (slot + 1) & (slots - 1);
@@ -1313,11 +1342,42 @@ drop_repeats(MergeState *state, const char *text, Block *block, SeriesSlot **tab
     return 0;
 }
 
+/* Set the family a block joins in the output. A text body converted to OpenMetrics keeps its
+ * sample names, but a counter family loses the _total of its name, or becomes unknown when it
+ * has none, as formats.output_family maps it. */
+static void
+set_output_family(Block *block, int converting)
+{
+    block->out_name = block->name;
+    block->out_name_length = block->name_length;
+    block->out_kind = block->kind;
+    if (!converting)
+        return;
+
+    if (block->kind == TEXT_COUNTER) {
+        Py_ssize_t length = block->name_length;
+        if (length > 6 && memcmp(block->name + length - 6, "_total", 6) == 0) {
+            block->out_name_length = length - 6;
+            block->out_kind = OPENMETRICS_COUNTER;
+        }
+        else {
+            block->out_kind = OPENMETRICS_UNKNOWN;
+        }
+        return;
+    }
+    if (block->kind == TEXT_UNTYPED) {
+        block->out_kind = OPENMETRICS_UNKNOWN;
+        return;
+    }
+    const char *kind = TEXT_KINDS[block->kind].name;
+    block->out_kind = find_kind(OPENMETRICS_KINDS, 8, kind, (Py_ssize_t)strlen(kind));
+}
+
 /* Split one body into blocks and lines. Return 1 when it is canonical, 0 when it is not, and
  * -1 with an exception set. */
 static int
 read_canonical(MergeState *state, Py_ssize_t body_index, const char *text, Py_ssize_t size,
-               int openmetrics, const char *label_name, Py_ssize_t label_name_length,
+               int openmetrics, int converting, const char *label_name, Py_ssize_t label_name_length,
                SeriesSlot **table, size_t *table_slots, int *wide)
 {
     const KindRule *kinds = openmetrics ? OPENMETRICS_KINDS : TEXT_KINDS;
@@ -1331,7 +1391,7 @@ read_canonical(MergeState *state, Py_ssize_t body_index, const char *text, Py_ss
                    .clashing = label_name,
                    .clashing_length = label_name_length,
                    .openmetrics = openmetrics,
-                   .converting = 0};
+                   .converting = converting};
     Py_ssize_t first_block = state->block_count;
     Block *block = NULL;
     int finished = 0;
@@ -1351,8 +1411,8 @@ read_canonical(MergeState *state, Py_ssize_t body_index, const char *text, Py_ss
             Py_ssize_t end = newline == NULL ? size : newline - text;
             const char *name, *meta;
             Py_ssize_t name_length, meta_length;
-            int meta_kind = scan_comment(text + position, text + end, openmetrics, &name, &name_length,
-                                         &meta, &meta_length);
+            int meta_kind = scan_comment(text + position, text + end, openmetrics, converting, &name,
+                                         &name_length, &meta, &meta_length);
             if (meta_kind < 0)
                 return 0;
             if (meta_kind == META_EOF) {
@@ -1405,6 +1465,8 @@ read_canonical(MergeState *state, Py_ssize_t body_index, const char *text, Py_ss
             return 0;
         if (block->kind < 0)
             block->kind = untyped;
+        if (block->count == 0)
+            set_output_family(block, converting);
         if (state->line_count == state->line_capacity) {
             if (grow((void **)&state->lines, &state->line_capacity, sizeof(SampleLine)) < 0)
                 return -1;
@@ -1450,6 +1512,7 @@ read_canonical(MergeState *state, Py_ssize_t body_index, const char *text, Py_ss
         sample->name_end = (uint32_t)line.name_end;
         sample->key_end = (uint32_t)line.key_end;
         sample->end = (uint32_t)line.end;
+        sample->stamp = line.stamp >= 0 ? (uint32_t)line.stamp : NO_STAMP;
         state->dropped[state->line_count] = 0;
         state->line_count++;
         block->count++;
@@ -1583,7 +1646,7 @@ join_blocks(MergeState *state, PyObject *conflicts)
             result = -1;
             break;
         }
-        Py_ssize_t index = table_find(&table, state, block->name, block->name_length);
+        Py_ssize_t index = table_find(&table, state, block->out_name, block->out_name_length);
         if (index < 0) {
             if (state->merged_count == state->merged_capacity &&
                 grow((void **)&state->merged, &state->merged_capacity, sizeof(Merged)) < 0) {
@@ -1592,7 +1655,7 @@ join_blocks(MergeState *state, PyObject *conflicts)
             }
             index = state->merged_count++;
             state->merged[index] = (Merged){
-                .name = block->name, .name_length = block->name_length, .kind = block->kind,
+                .name = block->out_name, .name_length = block->out_name_length, .kind = block->out_kind,
                 .help = block->help, .help_length = block->help_length, .unit = block->unit,
                 .unit_length = block->unit_length, .first_block = b, .last_block = b};
             table_insert(&table, state, index);
@@ -1600,7 +1663,7 @@ join_blocks(MergeState *state, PyObject *conflicts)
         }
 
         Merged *family = &state->merged[index];
-        if (family->kind != block->kind) {
+        if (family->kind != block->out_kind) {
             result = 0;
             break;
         }
@@ -1690,6 +1753,7 @@ write_merged(const MergeState *state, const char *const *texts, const char *cons
         for (Py_ssize_t b = family->first_block; b >= 0; b = state->blocks[b].next) {
             const Block *block = &state->blocks[b];
             size += block->bytes + block->kept * added_lengths[block->body];
+            size += block->stamps * 4; /* a converted timestamp grows by at most 4 bytes */
         }
     }
 
@@ -1726,7 +1790,13 @@ write_merged(const MergeState *state, const char *const *texts, const char *cons
                     *out++ = ',';
                     name_length++; /* the `{` is already written */
                 }
-                out = put(out, text + line->start + name_length, line->end - line->start - name_length);
+                if (line->stamp == NO_STAMP) {
+                    out = put(out, text + line->start + name_length, line->end - line->start - name_length);
+                }
+                else {
+                    out = put(out, text + line->start + name_length, line->stamp - line->start - name_length);
+                    out += write_seconds(out, text + line->stamp, text + line->end);
+                }
                 *out++ = '\n';
             }
         }
@@ -1735,33 +1805,38 @@ write_merged(const MergeState *state, const char *const *texts, const char *cons
         memcpy(out, "# EOF\n", 6);
         out += 6;
     }
-    if (out - PyBytes_AS_STRING(merged) != size) {
+    Py_ssize_t written = out - PyBytes_AS_STRING(merged);
+    if (written > size) {
         Py_DECREF(merged);
-        PyErr_SetString(PyExc_SystemError, "merge_bodies wrote a different size than it computed");
+        PyErr_SetString(PyExc_SystemError, "merge_bodies wrote more than it computed");
         return NULL;
     }
+    if (written < size && _PyBytes_Resize(&merged, written) < 0)
+        return NULL;
     return merged;
 }
 
 PyDoc_STRVAR(merge_bodies_doc,
-"merge_bodies(bodies, added_labels, label_name, openmetrics, /)\n--\n\n"
-"Merge canonical bodies, all in the output format, into one exposition.\n\n"
-"bodies is a tuple of bytes and added_labels a tuple of the `name=\"value\"` item to add to\n"
-"each body's samples; the values must differ. Return (merged, samples, conflicts, unchecked):\n"
-"samples counts each body's samples written, conflicts lists (family, \"help\" or \"unit\")\n"
-"in the order merge.py reports them, and unchecked the indexes of bodies with bytes above\n"
-"0x7f, which the caller must check as UTF-8. Return the index of the first body that is not\n"
-"canonical, or -1 when two bodies disagree on a family's type: the general path must merge\n"
-"those.");
+"merge_bodies(bodies, added_labels, label_name, openmetrics, converting, /)\n--\n\n"
+"Merge canonical bodies into one exposition, in OpenMetrics when openmetrics is true.\n\n"
+"bodies is a tuple of bytes, added_labels a tuple of the `name=\"value\"` item to add to\n"
+"each body's samples (the values must differ), and converting a tuple that is true for each\n"
+"text body going into OpenMetrics; every other body must be in the output format.\n"
+"Return (merged, samples, conflicts, unchecked): samples counts each body's samples written,\n"
+"conflicts lists (family, \"help\" or \"unit\") in the order merge.py reports them, and\n"
+"unchecked the indexes of bodies with bytes above 0x7f, which the caller must check as UTF-8.\n"
+"Return the index of the first body that is not canonical, or -1 when two bodies disagree on\n"
+"a family's type: the general path must merge those.");
 
 static PyObject *
 merge_bodies(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;
-    if (nargs != 4 || !PyTuple_Check(args[0]) || !PyTuple_Check(args[1]) || !PyBytes_Check(args[2]) ||
-        PyTuple_GET_SIZE(args[0]) != PyTuple_GET_SIZE(args[1])) {
-        PyErr_SetString(PyExc_TypeError,
-                        "merge_bodies takes (tuple[bytes], tuple[bytes] of the same length, bytes, bool)");
+    if (nargs != 5 || !PyTuple_Check(args[0]) || !PyTuple_Check(args[1]) || !PyBytes_Check(args[2]) ||
+        !PyTuple_Check(args[4]) || PyTuple_GET_SIZE(args[0]) != PyTuple_GET_SIZE(args[1]) ||
+        PyTuple_GET_SIZE(args[0]) != PyTuple_GET_SIZE(args[4])) {
+        PyErr_SetString(PyExc_TypeError, "merge_bodies takes (tuple[bytes], tuple[bytes], bytes, bool, "
+                                         "tuple[bool]), the tuples of the same length");
         return NULL;
     }
     int openmetrics = PyObject_IsTrue(args[3]);
@@ -1798,9 +1873,18 @@ merge_bodies(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         texts[i] = PyBytes_AS_STRING(body);
         added[i] = PyBytes_AS_STRING(PyTuple_GET_ITEM(args[1], i));
         added_lengths[i] = PyBytes_GET_SIZE(PyTuple_GET_ITEM(args[1], i));
+        /* A converted body is text going into OpenMetrics, the one conversion done here. */
+        int converting = PyObject_IsTrue(PyTuple_GET_ITEM(args[4], i));
+        if (converting < 0)
+            goto done;
+        if (converting && !openmetrics) {
+            PyErr_SetString(PyExc_ValueError, "merge_bodies converts text bodies to OpenMetrics only");
+            goto done;
+        }
         int wide = 0;
-        int canonical = read_canonical(&state, i, texts[i], PyBytes_GET_SIZE(body), openmetrics,
-                                       label_name, label_name_length, &table, &table_slots, &wide);
+        int canonical = read_canonical(&state, i, texts[i], PyBytes_GET_SIZE(body), openmetrics && !converting,
+                                       converting, label_name, label_name_length, &table, &table_slots,
+                                       &wide);
         if (canonical < 0)
             goto done;
         if (canonical == 0) {

@@ -23,5 +23,6 @@ def merge_bodies(
     added_labels: tuple[bytes, ...],
     label_name: bytes,
     openmetrics: bool,
+    converting: tuple[bool, ...],
     /,
 ) -> tuple[bytes, tuple[int, ...], list[tuple[bytes, str]], list[int]] | int: ...

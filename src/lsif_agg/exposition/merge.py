@@ -75,8 +75,9 @@ def _merge_canonical(
     if None in labels or len(set(labels)) != len(labels):
         return None  # repeats across targets are found only by the general path
     openmetrics = output is OutputFormat.OPENMETRICS
-    if any(is_openmetrics(target.body, target.content_type) is not openmetrics for target in targets):
-        return None  # converting between formats maps families; the general path does it
+    sources = [is_openmetrics(target.body, target.content_type) for target in targets]
+    if not openmetrics and any(sources):
+        return None  # OpenMetrics into text splits families; the general path does it
 
     name = label_name.encode()
     outcomes: dict[int, TargetOutcome] = {}
@@ -86,7 +87,8 @@ def _merge_canonical(
         added = tuple(
             name + b'="' + escape_label_value(str(targets[index].label)) + b'"' for index in kept
         )
-        merged = fast.merge_bodies(bodies, added, name, openmetrics)
+        converting = tuple(openmetrics and not sources[index] for index in kept)
+        merged = fast.merge_bodies(bodies, added, name, openmetrics, converting)
         if isinstance(merged, int):
             if merged < 0:
                 return None  # two targets disagree on a type, which the general path settles
