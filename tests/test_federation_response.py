@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import http.client
+import re
 import sys
 import urllib.request
 from collections.abc import Callable
@@ -138,3 +139,36 @@ def test_concurrent_requests_of_mixed_kinds(agg: LsifAgg, fixed_body: bytes) -> 
 
     for (output, gzipped), (_, body) in zip(kinds, responses, strict=True):
         check_response(gzip.decompress(body) if gzipped else body, merged[output], output)
+
+
+ENCODING_WORKER = '''
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        encoding = self.headers.get("Accept-Encoding", "none")
+        body = f'seen_accept_encoding{{value="{encoding}"}} 1\\n'.encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain; version=0.0.4")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format, *args):
+        pass
+
+ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+'''
+
+
+def test_targets_asked_without_gzip(start_lsif_agg: StartLsifAgg, tmp_path: Path) -> None:
+    worker = tmp_path / "encoding_worker.py"
+    worker.write_text(ENCODING_WORKER)
+    agg = start_lsif_agg("--", sys.executable, str(worker), "{port}", workers=1)
+
+    # Even a scraper that accepts gzip gets a merge of bodies fetched as identity.
+    _, body = fetch(agg, OutputFormat.TEXT, gzipped=True)
+    seen = re.search(rb"^seen_accept_encoding\{(.*)\} 1$", gzip.decompress(body), re.MULTILINE)
+    assert seen is not None
+    assert b'value="identity"' in seen.group(1)

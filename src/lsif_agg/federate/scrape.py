@@ -76,8 +76,10 @@ class Scraper:
         # No connection limit: every target is fetched at once. Connections are kept alive
         # between scrapes, so a scrape does not pay a TCP handshake per target.
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60)
+        # Targets are on the loopback interface, where gzip only costs CPU at both ends. At 16
+        # workers x 10,000 samples, inflating their bodies took about a fifth of lsif_agg's CPU.
         self._session = aiohttp.ClientSession(
-            connector=connector, headers={"Accept-Encoding": "gzip"})
+            connector=connector, headers={"Accept-Encoding": "identity"})
 
     async def close(self) -> None:
         if self._session is not None:
