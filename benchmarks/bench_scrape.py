@@ -109,6 +109,7 @@ class Options:
     soak_workers: int
     soak_samples: int
     soak_concurrency: int
+    soak_only: bool
     write_doc: bool
     lsif_agg: tuple[str, ...]
     command: str
@@ -131,6 +132,8 @@ def parse_options(argv: Sequence[str]) -> Options:
     add("--soak-scrapes", type=int, help="scrapes in the memory phase; 0 skips it (default 10000)")
     add("--soak", metavar="NxS", help="configuration of the memory phase (default 16x10000)")
     add("--soak-concurrency", type=int, help="concurrent scrapes in the memory phase (default 4)")
+    add("--soak-only", action="store_true",
+        help="run only the memory phase, without the latency matrix; writes the JSON only")
     add("--write-doc", action=argparse.BooleanOptionalAction,
         help="rewrite docs/benchmarks.md's results and the PNG (default: yes, no with --quick)")
     add("--lsif-agg", default=f"{sys.executable} -m lsif_agg",
@@ -144,6 +147,8 @@ def parse_options(argv: Sequence[str]) -> Options:
     soak = (args.soak or ("2x1000" if quick else "16x10000")).lower().split("x")
     if len(soak) != 2:
         parser.error(f"invalid --soak {args.soak!r}: write it as NxS, such as 16x10000")
+    if args.soak_only and soak_scrapes < 1:
+        parser.error("--soak-only needs --soak-scrapes of 1 or more")
     return Options(
         workers=_int_list(args.workers or ("1,4" if quick else "1,4,16,64"), parser),
         samples=_int_list(args.samples or ("1000" if quick else "1000,10000"), parser),
@@ -156,7 +161,8 @@ def parse_options(argv: Sequence[str]) -> Options:
         soak_workers=int(soak[0]),
         soak_samples=int(soak[1]),
         soak_concurrency=args.soak_concurrency or 4,
-        write_doc=args.write_doc if args.write_doc is not None else not quick,
+        soak_only=args.soak_only,
+        write_doc=not args.soak_only and (args.write_doc if args.write_doc is not None else not quick),
         lsif_agg=tuple(args.lsif_agg.split()),
         command=" ".join(["benchmarks/bench_scrape.py", *argv]),
     )
@@ -587,24 +593,52 @@ async def run_configuration(options: Options, workers: int, samples: int, logs: 
             "modes": {name: asdict(entry) for name, entry in figures.items()}}
 
 
+SOAK_BATCH = 500
+SOAK_MODES = ("text", "openmetrics", "as-prometheus")
+# The memory phase reads each response in pieces of this size and drops them without
+# decompressing, so the client takes less of the CPU that it shares with lsif_agg.
+SOAK_READ_BYTES = 1024 * 1024
+
+
 async def run_soak(options: Options, logs: Path) -> dict[str, Any]:
-    """Scrape lsif_agg `soak_scrapes` times, cycling the output modes, and record RSS every 500."""
-    modes = [MODES_BY_NAME[name] for name in ("text", "openmetrics", "as-prometheus")]
-    points: list[tuple[int, float, float]] = []  # scrapes done, seconds since start, RSS MiB
+    """Scrape lsif_agg `soak_scrapes` times, cycling the output modes, in batches of SOAK_BATCH.
+
+    After each batch, when no scrape is in flight, it records the RSS that lsif_agg kept and
+    the peak RSS during the batch (VmHWM, reset through /proc/PID/clear_refs before the batch).
+    """
+    modes = [MODES_BY_NAME[name] for name in SOAK_MODES]
+    # scrapes done, seconds since start, RSS after the batch and peak RSS during it, in MiB
+    points: list[tuple[int, float, float, float | None]] = []
     async with (running_lsif_agg(options, options.soak_workers, options.soak_samples, logs) as stack,
-                aiohttp.ClientSession() as session):
+                aiohttp.ClientSession(auto_decompress=False) as session):
+        rss, start_peak = memory_mib(stack.lsif_agg)
         started = time.monotonic()
-        points.append((0, 0.0, memory_mib(stack.lsif_agg)[0]))
+        points.append((0, 0.0, rss, start_peak))
         done = 0
         while done < options.soak_scrapes:
-            batch = min(500, options.soak_scrapes - done)
+            batch = min(SOAK_BATCH, options.soak_scrapes - done)
+            is_reset = reset_peak_rss(stack.lsif_agg)
             await _scrape_concurrently(session, stack, modes, batch, options.soak_concurrency)
             done += batch
-            points.append((done, time.monotonic() - started, memory_mib(stack.lsif_agg)[0]))
-            print(f"  memory phase: {done} scrapes, RSS {points[-1][2]:.1f} MiB", flush=True)
-        peak = memory_mib(stack.lsif_agg)[1]
+            rss, peak = memory_mib(stack.lsif_agg)
+            points.append((done, time.monotonic() - started, rss, peak if is_reset else None))
+            print(f"  memory phase: {done} scrapes in {points[-1][1]:.0f} s, RSS {rss:.1f} MiB, "
+                  f"peak {peak:.1f} MiB", flush=True)
+    peaks = [point[3] for point in points if point[3] is not None]
     return {"workers": options.soak_workers, "samples": options.soak_samples,
-            "concurrency": options.soak_concurrency, "points": points, "peak_mib": peak}
+            "concurrency": options.soak_concurrency, "points": points,
+            "peak_mib": max(peaks) if peaks else peak}
+
+
+def reset_peak_rss(process: psutil.Process) -> bool:
+    """Reset the process's VmHWM to its current RSS (Linux 4.0 and later); return whether it was."""
+    try:
+        Path(f"/proc/{process.pid}/clear_refs").write_text("5")
+    except OSError as error:
+        print(f"  failed to reset the peak RSS of pid {process.pid}, so this batch's peak is not "
+              f"recorded: {error}", file=sys.stderr)
+        return False
+    return True
 
 
 async def _scrape_concurrently(session: aiohttp.ClientSession, stack: Stack, modes: Sequence[Mode],
@@ -613,9 +647,23 @@ async def _scrape_concurrently(session: aiohttp.ClientSession, stack: Stack, mod
 
     async def loop() -> None:
         for number in numbers:
-            await fetch(session, stack, modes[number % len(modes)])
+            mode = modes[number % len(modes)]
+            await _drain(session, stack.base_url(mode) + mode.path, mode.headers)
 
     await asyncio.gather(*(loop() for _ in range(concurrency)))
+
+
+async def _drain(session: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> None:
+    """GET `url` and read the whole body, dropping it as it arrives."""
+    async with session.get(url, headers=headers) as response:
+        if response.status != 200:
+            raise RuntimeError(f"GET {url} returned status {response.status}: "
+                               f"{(await response.read())[:200]!r}")
+        size = 0
+        async for piece in response.content.iter_chunked(SOAK_READ_BYTES):
+            size += len(piece)
+        if size == 0:
+            raise RuntimeError(f"GET {url} returned an empty body")
 
 
 # Reporting
@@ -777,20 +825,30 @@ def render_results(results: dict[str, Any]) -> str:
     ]
     soak = results.get("soak")
     if soak:
-        points = soak["points"]
-        half = points[len(points) // 2:]
-        parts += [
-            "", "### Memory over repeated scrapes", "",
-            f"{soak['workers']} workers x {soak['samples']:,} samples, {points[-1][0]:,} scrapes "
-            f"({soak['concurrency']} at a time, cycling text, OpenMetrics and as Prometheus asks) "
-            f"in {points[-1][1]:.0f} s. Slope of RSS: {slope_per_thousand(points):+.3f} MiB per "
-            f"1,000 scrapes over all points, {slope_per_thousand(half):+.3f} over the second half. "
-            f"Peak (VmHWM) {soak['peak_mib']:.1f} MiB.",
-            "", "| scrapes | " + " | ".join(f"{p[0]:,}" for p in points) + " |",
-            "|---|" + "---:|" * len(points),
-            "| RSS MiB | " + " | ".join(f"{p[2]:.1f}" for p in points) + " |",
-        ]
+        parts += ["", render_soak(soak)]
     return "\n".join(parts)
+
+
+def render_soak(soak: dict[str, Any]) -> str:
+    """Render the memory phase: its summary, then RSS after and peak RSS during each batch."""
+    points = soak["points"]
+    half = points[len(points) // 2:]
+    lines = [
+        "### Memory over repeated scrapes", "",
+        f"{soak['workers']} workers x {soak['samples']:,} samples, {points[-1][0]:,} scrapes "
+        f"({soak['concurrency']} at a time, cycling text, OpenMetrics and as Prometheus asks) "
+        f"in {points[-1][1]:.0f} s. Slope of the RSS after each batch: "
+        f"{slope_per_thousand(points):+.3f} MiB per 1,000 scrapes over all points, "
+        f"{slope_per_thousand(half):+.3f} over the second half. Peak (VmHWM) "
+        f"{soak['peak_mib']:.1f} MiB.",
+        "", "| scrapes | seconds | RSS after, MiB | peak during, MiB |", "|---:|---:|---:|---:|",
+    ]
+    for point in points:
+        # The JSON of runs made before the peak was recorded per batch has three figures a point.
+        peak = point[3] if len(point) > 3 and point[3] is not None else None
+        lines.append(f"| {point[0]:,} | {point[1]:.0f} | {point[2]:.1f} | "
+                     f"{'' if peak is None else f'{peak:.1f}'} |")
+    return "\n".join(lines)
 
 
 def write_doc(rendered: str) -> None:
@@ -858,7 +916,8 @@ async def run(options: Options) -> dict[str, Any]:
     results: dict[str, Any] = {"machine": machine_facts(), "options": asdict(options),
                                "configurations": []}
     with results_directory() as (json_path, logs):
-        for samples in options.samples:
+        sample_sizes = () if options.soak_only else options.samples
+        for samples in sample_sizes:
             for workers in options.workers:
                 print(f"measuring {workers} workers x {samples:,} samples", flush=True)
                 results["configurations"].append(await run_configuration(options, workers, samples, logs))
@@ -883,6 +942,9 @@ def main() -> None:
     else:
         results = uvloop.run(run(options))
 
+    if options.soak_only:
+        print(render_soak(results["soak"]))
+        return
     rendered = render_results(results)
     print(rendered)
     if options.write_doc:
