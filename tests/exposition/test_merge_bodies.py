@@ -337,3 +337,44 @@ def test_bytes_that_are_not_utf8_leave_the_body_out_wherever_they_are(case: str,
     assert whole == general, case
     assert whole.outcomes[1].error == "invalid_exposition", case
     assert isinstance(returned[-1], tuple), case
+
+
+@st.composite
+def replica_scrapes(draw: st.DrawFn, output: OutputFormat) -> list[TargetBody]:
+    """Draw one body and up to four replicas of it: the same series in the same order with their
+    own values, now and then with a line changed, added or removed."""
+    base = draw(scrapes(output))[0].body.decode().splitlines()
+    targets = [TargetBody("w0", body_of_lines(base), CONTENT_TYPES[output])]
+    for index in range(1, draw(st.integers(2, 5))):
+        lines = []
+        for line in base:
+            if line.startswith("#") or not line:
+                lines.append(line)
+                continue
+            series = line.rpartition(" ")[0] if line.count(" ") == 1 else line.partition(" ")[0]
+            change = draw(st.integers(0, 19))
+            if change == 0:
+                continue  # a series this replica lacks
+            if change == 1:
+                lines.append(line.replace('"', '"x', 1) if "{" in line else line + "_other 1")
+            elif change == 2:
+                lines.extend([line, line])  # a repeat only in this replica
+            else:
+                lines.append(f"{series} {draw(st.sampled_from(SAMPLE_VALUES))}")
+        targets.append(TargetBody(f"w{index}", body_of_lines(lines), CONTENT_TYPES[output]))
+    return targets
+
+
+def body_of_lines(lines: list[str]) -> bytes:
+    return ("\n".join(lines) + "\n").encode() if lines else b""
+
+
+@pytest.mark.parametrize("output", list(OutputFormat), ids=lambda output: output.value)
+def test_replicas_that_differ_a_little_match_the_general_path(output: OutputFormat) -> None:
+    @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(replica_scrapes(output))
+    def check(targets: list[TargetBody]) -> None:
+        whole, general = merge_both(targets, output)
+        assert whole == general
+
+    check()

@@ -346,6 +346,8 @@ is_plain_seconds(const char *s, const char *e)
 
 static int
 scan_rest(const char *run, const char *p, const char *e, Rules *rules, Line *line);
+static int
+scan_tail(const char *run, const char *p, const char *e, const Rules *rules, Line *line);
 
 /* Check one line that starts at `start`; fill `line` and return the allowed name's index,
  * or -1 when the general reader must read it. */
@@ -379,7 +381,14 @@ scan_rest(const char *run, const char *p, const char *e, Rules *rules, Line *lin
             return -1;
     }
     line->key_end = p - run;
+    return scan_tail(run, p, e, rules, line);
+}
 
+/* Check the value and timestamp after a series that ends at p, and fill the rest of `line`.
+ * Return 0, or -1 when the general reader must read it. */
+static int
+scan_tail(const char *run, const char *p, const char *e, const Rules *rules, Line *line)
+{
     /* The value, then an optional timestamp, each after one blank. */
     if (p >= e || *p != ' ')
         return -1;
@@ -1017,6 +1026,7 @@ typedef struct {
     uint32_t key_end;
     uint32_t end; /* the newline, or the end of a body without a final newline */
     uint32_t stamp; /* the timestamp's first byte when it is converted, else NO_STAMP */
+    uint8_t suffix; /* which of its family's sample names it has */
 } SampleLine;
 
 #define NO_STAMP UINT32_MAX
@@ -1041,6 +1051,7 @@ typedef struct {
     Py_ssize_t body;  /* which body */
     Py_ssize_t next;  /* the next block of the same merged family, or -1 */
     Py_ssize_t name_lines[4]; /* for each suffix, the first line that used it, or -1 */
+    Py_ssize_t twin; /* the block of the body before whose series it repeats so far, or -1 */
 } Block;
 
 /* A family of the merged output, in the order its first sample arrived. */
@@ -1292,55 +1303,69 @@ static int
 drop_repeats(MergeState *state, const char *text, Block *block, SeriesSlot **table, size_t *table_slots)
 {
     block->kept = block->count;
+    const Block *twin = block->twin >= 0 ? &state->blocks[block->twin] : NULL;
+    if (twin != NULL && twin->count == block->count) {
+        /* The same series in the same order as its twin: the same lines are repeats. */
+        memcpy(state->dropped + block->first, state->dropped + twin->first, (size_t)block->count);
+        block->kept = twin->kept;
+    }
+    else if (block->count >= 2) {
+        size_t slots = 16;
+        while (slots < (size_t)block->count * 2)
+            slots <<= 1;
+        if (slots > *table_slots) {
+            SeriesSlot *grown = PyMem_Realloc(*table, slots * sizeof(SeriesSlot));
+            if (grown == NULL) {
+                PyErr_NoMemory();
+                return -1;
+            }
+            *table = grown;
+            *table_slots = slots;
+        }
+        memset(*table, 0xff, slots * sizeof(SeriesSlot)); /* line -1: an empty slot */
+
+        for (Py_ssize_t i = block->first; i < block->first + block->count; i++) {
+            const SampleLine *line = &state->lines[i];
+            Py_ssize_t length = line->key_end - line->start;
+            uint64_t hash = hash_series(text + line->start, length);
+            size_t slot = (size_t)hash & (slots - 1);
+            for (;;) {
+                SeriesSlot *entry = &(*table)[slot];
+                if (entry->line < 0) {
+                    entry->line = i;
+                    entry->hash = hash;
+                    break;
+                }
+                const SampleLine *other = &state->lines[entry->line];
+                if (entry->hash == hash && other->key_end - other->start == length &&
+                    same_bytes(text + other->start, text + line->start, length)) {
+                    state->dropped[i] = 1;
+                    block->kept--;
+                    break;
+                }
+                slot = (slot + 1) & (slots - 1);
+            }
+        }
+    }
+
     block->bytes = 0;
     block->stamps = 0;
     for (Py_ssize_t i = block->first; i < block->first + block->count; i++) {
+        if (state->dropped[i])
+            continue;
         const SampleLine *line = &state->lines[i];
         block->bytes += line->end - line->start + (line->key_end == line->name_end ? 3 : 2);
         block->stamps += line->stamp != NO_STAMP;
     }
-    if (block->count < 2)
-        return 0;
-    size_t slots = 16;
-    while (slots < (size_t)block->count * 2)
-        slots <<= 1;
-    if (slots > *table_slots) {
-        SeriesSlot *grown = PyMem_Realloc(*table, slots * sizeof(SeriesSlot));
-        if (grown == NULL) {
-            PyErr_NoMemory();
-            return -1;
-        }
-        *table = grown;
-        *table_slots = slots;
-    }
-    memset(*table, 0xff, slots * sizeof(SeriesSlot)); /* line -1: an empty slot */
-
-    for (Py_ssize_t i = block->first; i < block->first + block->count; i++) {
-        const SampleLine *line = &state->lines[i];
-        Py_ssize_t length = line->key_end - line->start;
-        uint64_t hash = hash_series(text + line->start, length);
-        size_t slot = (size_t)hash & (slots - 1);
-        for (;;) {
-            SeriesSlot *entry = &(*table)[slot];
-            if (entry->line < 0) {
-                entry->line = i;
-                entry->hash = hash;
-                break;
-            }
-            const SampleLine *other = &state->lines[entry->line];
-            if (entry->hash == hash && other->key_end - other->start == length &&
-                same_bytes(text + other->start, text + line->start, length)) {
-                state->dropped[i] = 1;
-                block->kept--;
-                block->bytes -= line->end - line->start + (line->key_end == line->name_end ? 3 : 2);
-                block->stamps -= line->stamp != NO_STAMP;
-                break;
-            }
-            slot = (slot + 1) & (slots - 1);
-        }
-    }
     return 0;
 }
+
+/* The body before, whose lines a body of the same program repeats series for series. */
+typedef struct {
+    const char *text;
+    Py_ssize_t first_block;
+    Py_ssize_t block_end;
+} Reference;
 
 /* Set the family a block joins in the output. A text body converted to OpenMetrics keeps its
  * sample names, but a counter family loses the _total of its name, or becomes unknown when it
@@ -1373,12 +1398,29 @@ set_output_family(Block *block, int converting)
     block->out_kind = find_kind(OPENMETRICS_KINDS, 8, kind, (Py_ssize_t)strlen(kind));
 }
 
+/* Return the block of the reference body at the same place as this one when it is the same
+ * family with the same type, or -1. */
+static Py_ssize_t
+find_twin(const MergeState *state, const Reference *reference, const Block *block, Py_ssize_t place)
+{
+    if (reference == NULL)
+        return -1;
+    Py_ssize_t twin = reference->first_block + place;
+    if (twin >= reference->block_end)
+        return -1;
+    const Block *other = &state->blocks[twin];
+    if (other->kind != block->kind || other->name_length != block->name_length ||
+        !same_bytes(other->name, block->name, block->name_length))
+        return -1;
+    return twin;
+}
+
 /* Split one body into blocks and lines. Return 1 when it is canonical, 0 when it is not, and
  * -1 with an exception set. */
 static int
 read_canonical(MergeState *state, Py_ssize_t body_index, const char *text, Py_ssize_t size,
                int openmetrics, int converting, const char *label_name, Py_ssize_t label_name_length,
-               SeriesSlot **table, size_t *table_slots, int *wide)
+               const Reference *reference, SeriesSlot **table, size_t *table_slots, int *wide)
 {
     const KindRule *kinds = openmetrics ? OPENMETRICS_KINDS : TEXT_KINDS;
     int kind_count = openmetrics ? 8 : 5;
@@ -1436,7 +1478,7 @@ read_canonical(MergeState *state, Py_ssize_t body_index, const char *text, Py_ss
                 *block = (Block){.name = name, .name_length = name_length, .kind = -1, .help = NULL,
                                  .unit = NULL, .first = state->line_count, .count = 0,
                                  .body = body_index, .next = -1,
-                                 .name_lines = {-1, -1, -1, -1}};
+                                 .name_lines = {-1, -1, -1, -1}, .twin = -1};
                 last_name = NULL;
             }
             if (meta_kind == META_TYPE) {
@@ -1465,8 +1507,10 @@ read_canonical(MergeState *state, Py_ssize_t body_index, const char *text, Py_ss
             return 0;
         if (block->kind < 0)
             block->kind = untyped;
-        if (block->count == 0)
+        if (block->count == 0) {
             set_output_family(block, converting);
+            block->twin = find_twin(state, reference, block, block - state->blocks - first_block);
+        }
         if (state->line_count == state->line_capacity) {
             if (grow((void **)&state->lines, &state->line_capacity, sizeof(SampleLine)) < 0)
                 return -1;
@@ -1478,13 +1522,43 @@ read_canonical(MergeState *state, Py_ssize_t body_index, const char *text, Py_ss
             state->dropped = dropped;
         }
 
-        /* The sample name, matched against the block's family; then the rest of the line. Most
-         * lines repeat the name of the line before, which was checked already, so comparing
-         * words with it checks the name too. */
+        /* Replicas of one program write the same series in the same order. So a line whose
+         * series has the bytes of the line at its place in the twin block, checked already,
+         * needs only its value and timestamp checked. */
         const char *p = text + position, *e = text + size;
+        Line line;
+        line.start = position;
         const char *name_end;
         int suffix;
-        if (last_name != NULL && e - p > last_length && same_bytes(p, last_name, last_length) &&
+        const SampleLine *model = NULL;
+        if (block->twin >= 0) {
+            const Block *twin = &state->blocks[block->twin];
+            if (block->count < twin->count) {
+                model = &state->lines[twin->first + block->count];
+                Py_ssize_t length = model->key_end - model->start;
+                if (e - p > length && p[length] == ' ' &&
+                    same_bytes(p, reference->text + model->start, length)) {
+                    line.name_end = position + (model->name_end - model->start);
+                    line.key_end = position + length;
+                }
+                else {
+                    model = NULL;
+                }
+            }
+            if (model == NULL)
+                block->twin = -1;
+        }
+
+        if (model != NULL) {
+            name_end = text + line.name_end;
+            suffix = model->suffix;
+            if (scan_tail(text, text + line.key_end, e, &rules, &line) < 0)
+                return 0;
+        }
+        /* Else the sample name, matched against the block's family; then the rest of the line.
+         * Most lines repeat the name of the line before, which was checked already, so
+         * comparing words with it checks the name too. */
+        else if (last_name != NULL && e - p > last_length && same_bytes(p, last_name, last_length) &&
             !IS(p[last_length], METRIC_REST)) {
             name_end = p + last_length;
             suffix = last_suffix;
@@ -1500,10 +1574,7 @@ read_canonical(MergeState *state, Py_ssize_t body_index, const char *text, Py_ss
             last_length = name_end - p;
             last_suffix = suffix;
         }
-
-        Line line;
-        line.start = position;
-        if (scan_rest(text, name_end, e, &rules, &line) < 0)
+        if (model == NULL && scan_rest(text, name_end, e, &rules, &line) < 0)
             return 0;
         if (block->name_lines[suffix] < 0)
             block->name_lines[suffix] = state->line_count;
@@ -1513,6 +1584,7 @@ read_canonical(MergeState *state, Py_ssize_t body_index, const char *text, Py_ss
         sample->key_end = (uint32_t)line.key_end;
         sample->end = (uint32_t)line.end;
         sample->stamp = line.stamp >= 0 ? (uint32_t)line.stamp : NO_STAMP;
+        sample->suffix = (uint8_t)suffix;
         state->dropped[state->line_count] = 0;
         state->line_count++;
         block->count++;
@@ -1868,6 +1940,8 @@ merge_bodies(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 
     const char *label_name = PyBytes_AS_STRING(args[2]);
     Py_ssize_t label_name_length = PyBytes_GET_SIZE(args[2]);
+    Py_ssize_t previous_first = 0;
+    int previous_converting = 0, previous_wide = 0;
     for (Py_ssize_t i = 0; i < count; i++) {
         PyObject *body = PyTuple_GET_ITEM(args[0], i);
         texts[i] = PyBytes_AS_STRING(body);
@@ -1881,16 +1955,25 @@ merge_bodies(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             PyErr_SetString(PyExc_ValueError, "merge_bodies converts text bodies to OpenMetrics only");
             goto done;
         }
+        /* The body before is the reference when it was read by the same rules. Its bytes above
+         * 0x7f may be in series this body copies unchecked, so they make this body unchecked. */
+        Py_ssize_t first_block = state.block_count;
+        Reference reference = {texts[i > 0 ? i - 1 : 0], previous_first, first_block};
+        int same_rules = i > 0 && previous_converting == converting;
         int wide = 0;
         int canonical = read_canonical(&state, i, texts[i], PyBytes_GET_SIZE(body), openmetrics && !converting,
-                                       converting, label_name, label_name_length, &table, &table_slots,
-                                       &wide);
+                                       converting, label_name, label_name_length,
+                                       same_rules ? &reference : NULL, &table, &table_slots, &wide);
         if (canonical < 0)
             goto done;
         if (canonical == 0) {
             result = PyLong_FromSsize_t(i);
             goto done;
         }
+        wide = wide || (same_rules && previous_wide);
+        previous_first = first_block;
+        previous_converting = converting;
+        previous_wide = wide;
         if (wide) {
             PyObject *index = PyLong_FromSsize_t(i);
             int appended = index == NULL ? -1 : PyList_Append(unchecked, index);
