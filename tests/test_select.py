@@ -4,13 +4,28 @@ from __future__ import annotations
 
 import pytest
 
+from lsif_agg.exposition import NameFilter
 from lsif_agg.federate.select import SelectorError, build_filter
 
 
 def keeps(selectors: list[str], name: str, **labels: str) -> bool:
     keep = build_filter(selectors)
     assert keep is not None
-    return keep(name, labels)
+    return keep.keep(name, labels) if isinstance(keep, NameFilter) else keep(name, labels)
+
+
+@pytest.mark.parametrize(
+    ("selectors", "per_name"),
+    [
+        (["up"], True),
+        (['{__name__=~"node_.+", worker="1"}'], True),
+        (['{__name__=~"a.*" or worker="2"}', "b"], True),
+        (['up{job="node"}'], False),
+        (["up", '{instance=~".+"}'], False),
+    ],
+)
+def test_filters_on_name_and_worker_are_asked_per_name(selectors: list[str], per_name: bool) -> None:
+    assert isinstance(build_filter(selectors), NameFilter) is per_name
 
 
 def test_no_selectors_keep_everything() -> None:

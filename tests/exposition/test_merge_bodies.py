@@ -2,7 +2,7 @@
 general path writes, it takes the scrapes it is meant for, and it hands every other scrape back.
 """
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from unittest import mock
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lsif_agg.exposition import Conflict, MergeResult, OutputFormat, TargetBody, fast
+from lsif_agg.exposition import Conflict, MergeResult, NameFilter, OutputFormat, TargetBody, fast
 from lsif_agg.exposition.merge import merge_targets
 
 TEXT = "text/plain; version=0.0.4"
@@ -378,3 +378,45 @@ def test_replicas_that_differ_a_little_match_the_general_path(output: OutputForm
         assert whole == general
 
     check()
+
+
+@pytest.mark.parametrize("output", list(OutputFormat), ids=lambda output: output.value)
+def test_a_name_filter_in_the_kernel_matches_the_general_path(output: OutputFormat) -> None:
+    @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(replica_scrapes(output) | scrapes(output, mixed=output is OutputFormat.OPENMETRICS), st.data())
+    def check(targets: list[TargetBody], data: st.DataObject) -> None:
+        names = [
+            f"{family}{suffix}" for family in FAMILY_NAMES for suffix in ["", "_total", "_sum", "_bucket"]
+        ]
+        dropped = data.draw(st.sets(st.sampled_from(names)))
+        dropped_worker = data.draw(st.sampled_from(["w0", "w1", "none"]))
+
+        def keep(name: str, labels: Mapping[str, str]) -> bool:
+            return name not in dropped and labels.get("worker") != dropped_worker
+
+        name_filter = NameFilter(keep)
+        whole = merge_targets(targets, output, label_name="worker", keep=name_filter, use_fast_path=True)
+        general = merge_targets(targets, output, label_name="worker", keep=keep, use_fast_path=False)
+        assert whole == general
+
+    check()
+
+
+def test_a_name_filter_keeps_the_scrape_in_the_kernel() -> None:
+    def keep(name: str, labels: Mapping[str, str]) -> bool:
+        return name != "req_seconds_bucket" and labels["worker"] != "w1"
+
+    with counting_whole_merges() as returned:
+        whole = merge_targets(
+            replicas(HISTOGRAM, OutputFormat.TEXT),
+            OutputFormat.TEXT,
+            label_name="worker",
+            keep=NameFilter(keep),
+            use_fast_path=True,
+        )
+
+    assert isinstance(returned[0], tuple)
+    assert b"req_seconds_bucket" not in whole.body
+    assert b'req_seconds_sum{worker="w0"} 0.3\n' in whole.body
+    assert b'worker="w1"' not in whole.body
+    assert [outcome.samples for outcome in whole.outcomes] == [3, 0, 3]

@@ -1297,67 +1297,107 @@ typedef struct {
     uint64_t hash;
 } SeriesSlot;
 
+/* Why a line is not written; lines with no mark are. */
+enum { REPEAT = 1, FILTERED = 2 };
+
 /* Mark the lines of a block whose series an earlier line of the block has; the general reader
  * keeps the first. Return -1 on no memory. */
 static int
 drop_repeats(MergeState *state, const char *text, Block *block, SeriesSlot **table, size_t *table_slots)
 {
-    block->kept = block->count;
     const Block *twin = block->twin >= 0 ? &state->blocks[block->twin] : NULL;
     if (twin != NULL && twin->count == block->count) {
         /* The same series in the same order as its twin: the same lines are repeats. */
-        memcpy(state->dropped + block->first, state->dropped + twin->first, (size_t)block->count);
-        block->kept = twin->kept;
+        for (Py_ssize_t i = 0; i < block->count; i++)
+            state->dropped[block->first + i] = state->dropped[twin->first + i] & REPEAT;
+        return 0;
     }
-    else if (block->count >= 2) {
-        size_t slots = 16;
-        while (slots < (size_t)block->count * 2)
-            slots <<= 1;
-        if (slots > *table_slots) {
-            SeriesSlot *grown = PyMem_Realloc(*table, slots * sizeof(SeriesSlot));
-            if (grown == NULL) {
-                PyErr_NoMemory();
-                return -1;
-            }
-            *table = grown;
-            *table_slots = slots;
-        }
-        memset(*table, 0xff, slots * sizeof(SeriesSlot)); /* line -1: an empty slot */
+    if (block->count < 2)
+        return 0;
 
-        for (Py_ssize_t i = block->first; i < block->first + block->count; i++) {
-            const SampleLine *line = &state->lines[i];
-            Py_ssize_t length = line->key_end - line->start;
-            uint64_t hash = hash_series(text + line->start, length);
-            size_t slot = (size_t)hash & (slots - 1);
-            for (;;) {
-                SeriesSlot *entry = &(*table)[slot];
-                if (entry->line < 0) {
-                    entry->line = i;
-                    entry->hash = hash;
-                    break;
-                }
-                const SampleLine *other = &state->lines[entry->line];
-                if (entry->hash == hash && other->key_end - other->start == length &&
-                    same_bytes(text + other->start, text + line->start, length)) {
-                    state->dropped[i] = 1;
-                    block->kept--;
-                    break;
-                }
-                slot = (slot + 1) & (slots - 1);
+    size_t slots = 16;
+    while (slots < (size_t)block->count * 2)
+        slots <<= 1;
+    if (slots > *table_slots) {
+        SeriesSlot *grown = PyMem_Realloc(*table, slots * sizeof(SeriesSlot));
+        if (grown == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        *table = grown;
+        *table_slots = slots;
+    }
+    memset(*table, 0xff, slots * sizeof(SeriesSlot)); /* line -1: an empty slot */
+
+    for (Py_ssize_t i = block->first; i < block->first + block->count; i++) {
+        const SampleLine *line = &state->lines[i];
+        Py_ssize_t length = line->key_end - line->start;
+        uint64_t hash = hash_series(text + line->start, length);
+        size_t slot = (size_t)hash & (slots - 1);
+        for (;;) {
+            SeriesSlot *entry = &(*table)[slot];
+            if (entry->line < 0) {
+                entry->line = i;
+                entry->hash = hash;
+                break;
             }
+            const SampleLine *other = &state->lines[entry->line];
+            if (entry->hash == hash && other->key_end - other->start == length &&
+                same_bytes(text + other->start, text + line->start, length)) {
+                state->dropped[i] = REPEAT;
+                break;
+            }
+            slot = (slot + 1) & (slots - 1);
         }
     }
+    return 0;
+}
 
+/* Mark the lines whose sample name the series filter drops. The filter of a whole merge
+ * depends only on the sample name and the added label, so it is asked once per name of a
+ * block. Return -1 with an exception set when it raises. */
+static int
+filter_names(MergeState *state, const char *text, Block *block, Py_ssize_t body_index, PyObject *keep)
+{
+    for (int suffix = 0; suffix < 4; suffix++) {
+        Py_ssize_t index = block->name_lines[suffix];
+        if (index < 0)
+            continue;
+        const SampleLine *first = &state->lines[index];
+        PyObject *verdict = PyObject_CallFunction(keep, "y#n", text + first->start,
+                                                  (Py_ssize_t)(first->name_end - first->start),
+                                                  body_index);
+        if (verdict == NULL)
+            return -1;
+        int kept = PyObject_IsTrue(verdict);
+        Py_DECREF(verdict);
+        if (kept < 0)
+            return -1;
+        if (kept)
+            continue;
+        for (Py_ssize_t i = index; i < block->first + block->count; i++) {
+            if (state->lines[i].suffix == suffix)
+                state->dropped[i] |= FILTERED;
+        }
+    }
+    return 0;
+}
+
+/* Count what a block writes: its unmarked lines, their bytes and their converted timestamps. */
+static void
+tally_block(const MergeState *state, Block *block)
+{
+    block->kept = 0;
     block->bytes = 0;
     block->stamps = 0;
     for (Py_ssize_t i = block->first; i < block->first + block->count; i++) {
         if (state->dropped[i])
             continue;
         const SampleLine *line = &state->lines[i];
+        block->kept++;
         block->bytes += line->end - line->start + (line->key_end == line->name_end ? 3 : 2);
         block->stamps += line->stamp != NO_STAMP;
     }
-    return 0;
 }
 
 /* The body before, whose lines a body of the same program repeats series for series. */
@@ -1420,7 +1460,8 @@ find_twin(const MergeState *state, const Reference *reference, const Block *bloc
 static int
 read_canonical(MergeState *state, Py_ssize_t body_index, const char *text, Py_ssize_t size,
                int openmetrics, int converting, const char *label_name, Py_ssize_t label_name_length,
-               const Reference *reference, SeriesSlot **table, size_t *table_slots, int *wide)
+               const Reference *reference, PyObject *keep, SeriesSlot **table, size_t *table_slots,
+               int *wide)
 {
     const KindRule *kinds = openmetrics ? OPENMETRICS_KINDS : TEXT_KINDS;
     int kind_count = openmetrics ? 8 : 5;
@@ -1622,8 +1663,12 @@ read_canonical(MergeState *state, Py_ssize_t body_index, const char *text, Py_ss
         return 0;
 
     for (Py_ssize_t i = first_block; i < state->block_count; i++) {
-        if (drop_repeats(state, text, &state->blocks[i], table, table_slots) < 0)
+        Block *each = &state->blocks[i];
+        if (drop_repeats(state, text, each, table, table_slots) < 0)
             return -1;
+        if (keep != Py_None && filter_names(state, text, each, body_index, keep) < 0)
+            return -1;
+        tally_block(state, each);
     }
     *wide = rules.wide != 0;
     return 1;
@@ -1712,7 +1757,7 @@ join_blocks(MergeState *state, PyObject *conflicts)
     int result = 1;
     for (Py_ssize_t b = 0; b < state->block_count && result == 1; b++) {
         Block *block = &state->blocks[b];
-        if (block->count == 0)
+        if (block->kept == 0)
             continue; /* a family without samples claims nothing, as in merge.py */
         if ((size_t)(state->merged_count + 1) * 2 > table.size && table_grow(&table, state) < 0) {
             result = -1;
@@ -1889,11 +1934,13 @@ write_merged(const MergeState *state, const char *const *texts, const char *cons
 }
 
 PyDoc_STRVAR(merge_bodies_doc,
-"merge_bodies(bodies, added_labels, label_name, openmetrics, converting, /)\n--\n\n"
+"merge_bodies(bodies, added_labels, label_name, openmetrics, converting, keep, /)\n--\n\n"
 "Merge canonical bodies into one exposition, in OpenMetrics when openmetrics is true.\n\n"
 "bodies is a tuple of bytes, added_labels a tuple of the `name=\"value\"` item to add to\n"
 "each body's samples (the values must differ), and converting a tuple that is true for each\n"
 "text body going into OpenMetrics; every other body must be in the output format.\n"
+"keep is None, or keep(sample_name, body_index) returns whether to write that body's samples\n"
+"of that name: a series filter that depends on nothing else.\n"
 "Return (merged, samples, conflicts, unchecked): samples counts each body's samples written,\n"
 "conflicts lists (family, \"help\" or \"unit\") in the order merge.py reports them, and\n"
 "unchecked the indexes of bodies with bytes above 0x7f, which the caller must check as UTF-8.\n"
@@ -1904,11 +1951,12 @@ static PyObject *
 merge_bodies(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;
-    if (nargs != 5 || !PyTuple_Check(args[0]) || !PyTuple_Check(args[1]) || !PyBytes_Check(args[2]) ||
+    if (nargs != 6 || !PyTuple_Check(args[0]) || !PyTuple_Check(args[1]) || !PyBytes_Check(args[2]) ||
         !PyTuple_Check(args[4]) || PyTuple_GET_SIZE(args[0]) != PyTuple_GET_SIZE(args[1]) ||
-        PyTuple_GET_SIZE(args[0]) != PyTuple_GET_SIZE(args[4])) {
+        PyTuple_GET_SIZE(args[0]) != PyTuple_GET_SIZE(args[4]) ||
+        (args[5] != Py_None && !PyCallable_Check(args[5]))) {
         PyErr_SetString(PyExc_TypeError, "merge_bodies takes (tuple[bytes], tuple[bytes], bytes, bool, "
-                                         "tuple[bool]), the tuples of the same length");
+                                         "tuple[bool], callable | None), the tuples of the same length");
         return NULL;
     }
     int openmetrics = PyObject_IsTrue(args[3]);
@@ -1963,7 +2011,8 @@ merge_bodies(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         int wide = 0;
         int canonical = read_canonical(&state, i, texts[i], PyBytes_GET_SIZE(body), openmetrics && !converting,
                                        converting, label_name, label_name_length,
-                                       same_rules ? &reference : NULL, &table, &table_slots, &wide);
+                                       same_rules ? &reference : NULL, args[5], &table, &table_slots,
+                                       &wide);
         if (canonical < 0)
             goto done;
         if (canonical == 0) {

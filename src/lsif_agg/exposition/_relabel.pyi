@@ -1,3 +1,5 @@
+from collections.abc import Callable
+
 # (start, end, names, block, lines); names and block are None when the run was rejected.
 RunItem = tuple[int, int, tuple[bytes, ...] | None, bytes | None, int]
 
@@ -24,5 +26,6 @@ def merge_bodies(
     label_name: bytes,
     openmetrics: bool,
     converting: tuple[bool, ...],
+    keep: Callable[[bytes, int], bool] | None,
     /,
 ) -> tuple[bytes, tuple[int, ...], list[tuple[bytes, str]], list[int]] | int: ...

@@ -3,7 +3,7 @@ and render the result in the negotiated format.
 """
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from lsif_agg.exposition import fast, formats
@@ -12,6 +12,7 @@ from lsif_agg.exposition.read import Part, TargetReader, escape_label_value, is_
 from lsif_agg.exposition.records import (
     Conflict,
     MergeResult,
+    NameFilter,
     OutputFormat,
     SeriesFilter,
     TargetBody,
@@ -28,7 +29,7 @@ def merge(
     output: OutputFormat,
     *,
     label_name: str = "worker",
-    keep: SeriesFilter | None = None,
+    keep: SeriesFilter | NameFilter | None = None,
 ) -> MergeResult:
     """Merge the targets' bodies into one exposition in the output format.
 
@@ -42,27 +43,29 @@ def merge_targets(
     output: OutputFormat,
     *,
     label_name: str,
-    keep: SeriesFilter | None,
+    keep: SeriesFilter | NameFilter | None,
     use_fast_path: bool,
 ) -> MergeResult:
     """Merge as `merge` does; tests turn the fast path off to compare it with the general one."""
     if _LABEL_NAME.fullmatch(label_name) is None:
         raise ValueError(f"label_name {label_name!r} is not a valid label name; use [a-zA-Z_]\\w*")
 
-    if use_fast_path and keep is None:
-        merged = _merge_canonical(targets, output, label_name)
+    if use_fast_path and (keep is None or isinstance(keep, NameFilter)):
+        merged = _merge_canonical(targets, output, label_name, keep)
         if merged is not None:
             return merged
 
+    each_sample = keep.keep if isinstance(keep, NameFilter) else keep
     exposition = MergedExposition(output)
     outcomes = tuple(
-        _merge_target(exposition, target, label_name, keep, use_fast_path) for target in targets
+        _merge_target(exposition, target, label_name, each_sample, use_fast_path)
+        for target in targets
     )
     return MergeResult(exposition.render(), outcomes, exposition.conflicts())
 
 
 def _merge_canonical(
-    targets: Sequence[TargetBody], output: OutputFormat, label_name: str
+    targets: Sequence[TargetBody], output: OutputFormat, label_name: str, keep: NameFilter | None
 ) -> MergeResult | None:
     """Merge the whole scrape in one kernel call when every body is canonical; else None.
 
@@ -88,7 +91,8 @@ def _merge_canonical(
             name + b'="' + escape_label_value(str(targets[index].label)) + b'"' for index in kept
         )
         converting = tuple(openmetrics and not sources[index] for index in kept)
-        merged = fast.merge_bodies(bodies, added, name, openmetrics, converting)
+        keep_name = None if keep is None else _name_test(keep, label_name, [labels[index] for index in kept])
+        merged = fast.merge_bodies(bodies, added, name, openmetrics, converting, keep_name)
         if isinstance(merged, int):
             if merged < 0:
                 return None  # two targets disagree on a type, which the general path settles
@@ -113,6 +117,18 @@ def _merge_canonical(
         tuple(outcomes[index] for index in range(len(targets))),
         tuple(Conflict(family.decode(), kind) for family, kind in conflicts),
     )
+
+
+def _name_test(
+    keep: NameFilter, label_name: str, labels: list[str | None]
+) -> Callable[[bytes, int], bool]:
+    """Ask the filter about a sample name of one body, with the body's worker label."""
+
+    def keep_name(name: bytes, index: int) -> bool:
+        label = labels[index]
+        return keep.keep(name.decode(), {} if label is None else {label_name: label})
+
+    return keep_name
 
 
 def _is_utf8(body: bytes) -> bool:

@@ -52,3 +52,14 @@ class MergeResult:
 
 # Called with a sample's metric name and its labels, the added worker label included.
 SeriesFilter = Callable[[str, Mapping[str, str]], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class NameFilter:
+    """A series filter that looks only at the metric name and the added worker label.
+
+    Such a filter is asked once per sample name and target, so the whole merge in the kernel
+    can apply it; a plain SeriesFilter is asked for every sample, in Python.
+    """
+
+    keep: SeriesFilter

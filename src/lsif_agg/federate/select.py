@@ -13,8 +13,14 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import promql_parser
 
-SeriesFilter = Callable[[str, Mapping[str, str]], bool]
+from lsif_agg.exposition import NameFilter
+
+# Every sample's name and labels, or, as a NameFilter, only the name and the added worker label.
+SeriesFilter = Callable[[str, Mapping[str, str]], bool] | NameFilter
 LabelTest = Callable[[Mapping[str, str]], bool]
+# Labels a filter may test and still be asked once per sample name: the name, and the label
+# lsif_agg adds, whose value is the same for all of a target's samples.
+_PER_NAME_LABELS = frozenset({"__name__", "worker"})
 
 
 class SelectorError(ValueError):
@@ -25,17 +31,23 @@ def build_filter(selectors: Sequence[str]) -> SeriesFilter | None:
     """Return a predicate that keeps a series matched by any of `selectors`, or None for all."""
     if not selectors:
         return None
-    alternatives = [test for selector in selectors for test in _parse_selector(selector)]
+    alternatives: list[LabelTest] = []
+    tested: set[str] = set()
+    for selector in selectors:
+        alternatives += _parse_selector(selector, tested)
 
     def keep(name: str, labels: Mapping[str, str]) -> bool:
         series = {**labels, "__name__": name}
         return any(test(series) for test in alternatives)
 
-    return keep
+    return NameFilter(keep) if tested <= _PER_NAME_LABELS else keep
 
 
-def _parse_selector(selector: str) -> list[LabelTest]:
-    """Parse one selector into its alternatives: one test per `or` branch of its matchers."""
+def _parse_selector(selector: str, tested: set[str]) -> list[LabelTest]:
+    """Parse one selector into its alternatives: one test per `or` branch of its matchers.
+
+    The names of the labels its matchers test are added to `tested`.
+    """
     # Imported on the first match[], so a process scraped only on /metrics never pays for it:
     # promql-parser 0.12 adds 1.4 MiB of RSS.
     import promql_parser  # noqa: PLC0415
@@ -54,6 +66,10 @@ def _parse_selector(selector: str) -> list[LabelTest]:
     if expression.name:
         common.append(_equal_test("__name__", expression.name))
     groups = expression.matchers.or_matchers or [[]]
+    if expression.name:
+        tested.add("__name__")
+    tested.update(m.name for m in expression.matchers.matchers)
+    tested.update(m.name for group in groups for m in group)
     return [_all_of(common + [_compile_matcher(m) for m in group]) for group in groups]
 
 
