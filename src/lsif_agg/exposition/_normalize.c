@@ -99,11 +99,22 @@ typedef struct {
     LabelSet labels;
     const char *value, *value_end;
     const char *stamp, *stamp_end; /* NULL when the line has no timestamp */
+    char converted[CONVERTED_TIMESTAMP_SIZE]; /* the timestamp in the output format's unit */
+    Py_ssize_t converted_length;
     int has_exemplar;
     LabelSet exemplar_labels;
     const char *exemplar_value, *exemplar_value_end;
     const char *exemplar_stamp, *exemplar_stamp_end; /* NULL when the exemplar has none */
 } Sample;
+
+typedef struct {
+    const char *added; /* the whole `name="value"` item added first, or NULL */
+    Py_ssize_t added_length;
+    const char *label_name; /* the added label's name */
+    Py_ssize_t label_name_length;
+    int openmetrics;        /* the body's format */
+    int output_openmetrics; /* the output format */
+} Settings;
 
 static const char *
 skip_blanks(const char *p, const char *e)
@@ -205,26 +216,92 @@ is_timestamp(const char *s, const char *e, int openmetrics)
     return 1;
 }
 
-/* Whether checked OpenMetrics seconds match syntax._PLAIN_SECONDS: no exponent and at most
- * MAX_PLAIN_WHOLE_DIGITS whole digits. */
-static int
-is_plain_seconds(const char *s, const char *e)
+/* Write checked integer milliseconds as seconds, as syntax.milliseconds_to_seconds does. */
+static Py_ssize_t
+format_seconds(char *out, const char *s, const char *e)
 {
+    int negative = *s == '-';
+    if (*s == '+' || *s == '-')
+        s++;
+    while (s < e && *s == '0')
+        s++;
+    Py_ssize_t digits = e - s;
+    if (digits == 0) {
+        *out = '0';
+        return 1;
+    }
+
+    char *p = out;
+    if (negative)
+        *p++ = '-';
+    if (digits > 3) {
+        memcpy(p, s, (size_t)(digits - 3));
+        p += digits - 3;
+    }
+    else {
+        *p++ = '0';
+    }
+    char fraction[3];
+    for (Py_ssize_t i = 0; i < 3; i++) {
+        Py_ssize_t index = digits - 3 + i;
+        fraction[i] = index >= 0 ? s[index] : '0';
+    }
+    int length = 3;
+    while (length > 0 && fraction[length - 1] == '0')
+        length--;
+    if (length > 0) {
+        *p++ = '.';
+        memcpy(p, fraction, (size_t)length);
+        p += length;
+    }
+    return p - out;
+}
+
+/* Convert OpenMetrics seconds to integer milliseconds in one pass, cutting the digits after the
+ * third decimal, as syntax.seconds_to_milliseconds does for the seconds that
+ * syntax._PLAIN_SECONDS matches: no exponent and at most MAX_PLAIN_WHOLE_DIGITS whole digits.
+ * Return the length written, or -1 for any other token, which then needs decimal arithmetic
+ * or is invalid. */
+static Py_ssize_t
+convert_plain_seconds(char *out, const char *s, const char *e)
+{
+    if (e - s > MAX_TIMESTAMP_LENGTH)
+        return -1;
+    int negative = s < e && *s == '-';
     if (s < e && (*s == '+' || *s == '-'))
         s++;
-    Py_ssize_t whole = 0;
-    while (s < e && IS(*s, DIGIT)) {
+    const char *whole = s;
+    while (s < e && IS(*s, DIGIT))
         s++;
-        whole++;
-    }
-    if (whole > MAX_PLAIN_WHOLE_DIGITS)
-        return 0;
+    Py_ssize_t whole_length = s - whole;
+    const char *fraction = s, *fraction_end = s;
     if (s < e && *s == '.') {
-        s++;
+        fraction = ++s;
         while (s < e && IS(*s, DIGIT))
             s++;
+        fraction_end = s;
     }
-    return s == e;
+    if (s != e || whole_length > MAX_PLAIN_WHOLE_DIGITS)
+        return -1;
+    if (whole_length == 0 && fraction == fraction_end)
+        return -1; /* no digit at all */
+
+    char digits[MAX_PLAIN_WHOLE_DIGITS + 3];
+    memcpy(digits, whole, (size_t)whole_length);
+    for (Py_ssize_t i = 0; i < 3; i++)
+        digits[whole_length + i] = fraction + i < fraction_end ? fraction[i] : '0';
+    Py_ssize_t count = whole_length + 3, first = 0;
+    while (first < count && digits[first] == '0')
+        first++;
+    if (first == count) {
+        *out = '0';
+        return 1;
+    }
+    char *p = out;
+    if (negative)
+        *p++ = '-';
+    memcpy(p, digits + first, (size_t)(count - first));
+    return p + (count - first) - out;
 }
 
 /* Find the closing quote of the label value that starts at label->value, and note whether
@@ -341,13 +418,31 @@ read_exemplar(const char *p, const char *e, Sample *sample)
            is_timestamp(sample->exemplar_stamp, sample->exemplar_stamp_end, 1);
 }
 
+/* Check a sample's timestamp, and convert it when the output format differs. */
+static int
+read_timestamp(Sample *sample, const Settings *settings)
+{
+    const char *s = sample->stamp, *e = sample->stamp_end;
+    if (settings->openmetrics == settings->output_openmetrics)
+        return is_timestamp(s, e, settings->openmetrics);
+    if (settings->openmetrics) {
+        sample->converted_length = convert_plain_seconds(sample->converted, s, e);
+        return sample->converted_length >= 0;
+    }
+    if (!is_timestamp(s, e, 0))
+        return 0;
+    sample->converted_length = format_seconds(sample->converted, s, e);
+    return 1;
+}
+
 /* Read a line stripped of blanks and CRs at both ends, token by token as the common-line
  * pattern in syntax.py matches it. Each token is taken as far as that pattern takes it first,
  * so a line read here has the same tokens as there; any line not read here goes to the
  * general reader, which also gives the error messages. */
 static int
-read_sample(const char *p, const char *e, int openmetrics, Sample *sample)
+read_sample(const char *p, const char *e, const Settings *settings, Sample *sample)
 {
+    int openmetrics = settings->openmetrics;
     sample->name = p;
     if (!IS(*p, METRIC_START))
         return 0;
@@ -377,7 +472,7 @@ read_sample(const char *p, const char *e, int openmetrics, Sample *sample)
         sample->stamp = p;
         p = skip_token(p);
         sample->stamp_end = p;
-        if (!is_timestamp(sample->stamp, p, openmetrics))
+        if (!read_timestamp(sample, settings))
             return 0;
         p = skip_blanks(p, e);
     }
@@ -511,15 +606,6 @@ count_exported(const LabelSet *set, const char *name, Py_ssize_t name_length)
     }
 }
 
-typedef struct {
-    const char *added; /* the whole `name="value"` item added first, or NULL */
-    Py_ssize_t added_length;
-    const char *label_name; /* the added label's name */
-    Py_ssize_t label_name_length;
-    int openmetrics;        /* the body's format */
-    int output_openmetrics; /* the output format */
-} Settings;
-
 /* Write the labels of a sample's series, joined by commas, with a label named like the added
  * one renamed or dropped as read.rename_clashing_label does. */
 static char *
@@ -560,87 +646,13 @@ write_labels(char *out, const LabelSet *set, const Settings *settings)
     return out;
 }
 
-/* Write checked integer milliseconds as seconds, as syntax.milliseconds_to_seconds does. */
-static Py_ssize_t
-format_seconds(char *out, const char *s, const char *e)
-{
-    int negative = *s == '-';
-    if (*s == '+' || *s == '-')
-        s++;
-    while (s < e && *s == '0')
-        s++;
-    Py_ssize_t digits = e - s;
-    if (digits == 0) {
-        *out = '0';
-        return 1;
-    }
-
-    char *p = out;
-    if (negative)
-        *p++ = '-';
-    if (digits > 3) {
-        memcpy(p, s, (size_t)(digits - 3));
-        p += digits - 3;
-    }
-    else {
-        *p++ = '0';
-    }
-    char fraction[3];
-    for (Py_ssize_t i = 0; i < 3; i++) {
-        Py_ssize_t index = digits - 3 + i;
-        fraction[i] = index >= 0 ? s[index] : '0';
-    }
-    int length = 3;
-    while (length > 0 && fraction[length - 1] == '0')
-        length--;
-    if (length > 0) {
-        *p++ = '.';
-        memcpy(p, fraction, (size_t)length);
-        p += length;
-    }
-    return p - out;
-}
-
-/* Write checked plain seconds as integer milliseconds, cutting the digits after the third
- * decimal, as syntax.seconds_to_milliseconds does. */
-static Py_ssize_t
-format_milliseconds(char *out, const char *s, const char *e)
-{
-    int negative = *s == '-';
-    if (*s == '+' || *s == '-')
-        s++;
-    char digits[MAX_PLAIN_WHOLE_DIGITS + 3];
-    int count = 0;
-    while (s < e && *s != '.')
-        digits[count++] = *s++;
-    if (s < e)
-        s++; /* the decimal point */
-    for (int i = 0; i < 3; i++)
-        digits[count++] = s < e ? *s++ : '0';
-
-    int first = 0;
-    while (first < count && digits[first] == '0')
-        first++;
-    if (first == count) {
-        *out = '0';
-        return 1;
-    }
-    char *p = out;
-    if (negative)
-        *p++ = '-';
-    memcpy(p, digits + first, (size_t)(count - first));
-    return p + (count - first) - out;
-}
-
 static char *
 write_timestamp(char *out, const Sample *sample, const Settings *settings)
 {
     *out++ = ' ';
     if (settings->openmetrics == settings->output_openmetrics)
         return put(out, sample->stamp, sample->stamp_end - sample->stamp);
-    if (settings->openmetrics)
-        return out + format_milliseconds(out, sample->stamp, sample->stamp_end);
-    return out + format_seconds(out, sample->stamp, sample->stamp_end);
+    return put(out, sample->converted, sample->converted_length);
 }
 
 /* Write an exemplar as syntax.read_exemplar does: labels canonical, single blanks. */
@@ -879,10 +891,7 @@ write_line(State *state, const char *p, const char *e, Py_ssize_t source_end,
     if (*p == '#')
         return 0; /* a comment line indented by blanks */
     Sample *sample = &state->sample;
-    if (!read_sample(p, e, settings->openmetrics, sample))
-        return 0;
-    if (sample->stamp != NULL && settings->openmetrics && !settings->output_openmetrics &&
-        !is_plain_seconds(sample->stamp, sample->stamp_end))
+    if (!read_sample(p, e, settings, sample))
         return 0;
 
     Py_ssize_t block_length = state->block.length, series_length = state->series.length;
@@ -997,7 +1006,8 @@ normalize_lines(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     const char *body = PyBytes_AS_STRING(args[0]);
     Py_ssize_t size = PyBytes_GET_SIZE(args[0]);
-    if (start < 0 || end < start || end > size || (end < size && end > 0 && body[end - 1] != '\n')) {
+    int in_body = 0 <= start && start <= end && end <= size;
+    if (!in_body || (end < size && end > 0 && body[end - 1] != '\n')) {
         PyErr_Format(PyExc_ValueError,
                      "invalid run [%zd, %zd) of a body of %zd bytes; a run ends at a line's end",
                      start, end, size);
@@ -1017,7 +1027,8 @@ normalize_lines(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     state->keys = (KeySet){NULL, 0, 0, NULL, 0};
     state->stretches = (Stretches){NULL, 0, 0};
     /* Enough for most runs at once, but bounded, since a call may stop at its first line. */
-    Py_ssize_t first_capacity = end - start < 4096 ? 4096 : end - start > 65536 ? 65536 : end - start;
+    Py_ssize_t first_capacity = end - start;
+    first_capacity = first_capacity < 4096 ? 4096 : first_capacity > 65536 ? 65536 : first_capacity;
     state->block.first_capacity = first_capacity + first_capacity / 4;
     state->series.first_capacity = first_capacity;
     Py_ssize_t newlines = 0;
