@@ -1,11 +1,11 @@
 /* The compiled reader for the runs of sample lines that the kernel in _relabel.c rejects.
  *
  * The kernel takes only lines that the general reader in read.py writes back unchanged apart
- * from the added label. This module takes the lines that need rewriting as well: CRLF line
- * ends, blank lines, blanks and tabs around tokens, `{}`, a trailing comma, escapes other than
- * \\, \" and \n, a label named like the added one, timestamps converted to the other format,
- * exemplars, and series repeated in another spelling. For each such line it writes exactly the
- * bytes read.py writes: the relabelled line, and the series without the added label.
+ * from the added label. This module also takes the lines that need rewriting. Those have CRLF
+ * ends, blank lines, blanks and tabs around tokens, `{}`, a trailing comma, or escapes other
+ * than \\, \" and \n. Or they have a label named like the added one, a timestamp to convert to
+ * the other format, or an exemplar. For each such line it writes exactly the bytes read.py
+ * writes: the relabelled line, and the series without the added label.
  *
  * It covers only the shapes that the general reader reads with syntax.COMMON_TEXT_LINE and
  * COMMON_OPENMETRICS_LINE. It stops at the first line it does not cover, which the general
@@ -21,7 +21,7 @@
 #include <stdint.h>
 #include <string.h>
 
-/* Far above what client libraries write; a line with more labels goes to the general reader. */
+/* Far above what client libraries write. A line with more labels goes to the general reader. */
 #define MAX_LABELS 64
 /* As syntax.MAX_TIMESTAMP_LENGTH. */
 #define MAX_TIMESTAMP_LENGTH 64
@@ -306,8 +306,8 @@ convert_plain_seconds(char *out, const char *s, const char *e)
 
 /* Find the closing quote of the label value that starts at label->value, and note whether
  * the value must be rewritten. As syntax._QUOTED_TEXT, a backslash takes the next byte with it,
- * whatever it is. A CR is refused: the general reader keeps it, but merge.py splits a block
- * with bytes.splitlines, which would break the line there. */
+ * whatever it is. A CR is rejected, although the general reader keeps it, because merge.py may
+ * split a block with bytes.splitlines, which would break the line there. */
 static int
 find_closing_quote(Label *label, const char *e)
 {
@@ -437,8 +437,8 @@ read_timestamp(Sample *sample, const Settings *settings)
 
 /* Read a line stripped of blanks and CRs at both ends, token by token as the common-line
  * pattern in syntax.py matches it. Each token is taken as far as that pattern takes it first,
- * so a line read here has the same tokens as there; any line not read here goes to the
- * general reader, which also gives the error messages. */
+ * so a line read here has the same tokens as there. Any line not read here goes to the general
+ * reader, which also gives the error messages. */
 static int
 read_sample(const char *p, const char *e, const Settings *settings, Sample *sample)
 {

@@ -188,7 +188,8 @@ class TargetReader:
         return self.use_fast_path and self.keep is None
 
     def read_runs(self, body: bytes) -> tuple[bool, int]:
-        """Read comment lines one by one and let the kernel relabel the runs between them."""
+        """Read comment lines one by one, and the runs between them with the kernel or else the
+        normalizer."""
         openmetrics = self.source is OutputFormat.OPENMETRICS
         converting = self.source is not self.output
         number = 1
@@ -222,8 +223,9 @@ class TargetReader:
         return True
 
     def read_rejected_run(self, body: bytes, start: int, end: int, number: int) -> tuple[bool, int]:
-        """Read a run the kernel rejected: the normalizer rewrites the lines it covers, and
-        read_lines reads each line it leaves, in line order, so errors keep their messages."""
+        """Read a run the kernel rejected. The normalizer writes the lines it covers, and
+        read_lines reads each line it leaves, in line order, so errors keep their messages and
+        line numbers."""
         openmetrics = self.source is OutputFormat.OPENMETRICS
         output_openmetrics = self.output is OutputFormat.OPENMETRICS
         position = start
