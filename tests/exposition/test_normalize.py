@@ -475,6 +475,17 @@ def test_repeat_across_parts_found_by_merge() -> None:
     assert [outcome.samples for outcome in result.outcomes] == [2, 1]
 
 
+def test_cr_in_value_repeated_across_targets() -> None:
+    # The kernel takes a CR inside a label value, but merge.py splits a block at it when a
+    # later target of the same label repeats a series, so such a run is read line by line.
+    first = b'# TYPE g gauge\ng{a="x\ry"} 1\n'
+    second = b'# TYPE g gauge\ng{a="x\ry"} 2\ng{a="z"} 3\n'
+
+    result = assert_same([TargetBody("0", first, TEXT), TargetBody("0", second, TEXT)], OutputFormat.TEXT)
+
+    assert [outcome.samples for outcome in result.outcomes] == [1, 1]
+
+
 def test_normalizer_rejects_bad_arguments() -> None:
     with pytest.raises(TypeError):
         _normalize.normalize_lines("g 1\n", 0, 4, None, b"worker", False, False)  # type: ignore[arg-type]
