@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lsif_agg.exposition import Conflict, MergeResult, NameFilter, OutputFormat, TargetBody, fast
-from lsif_agg.exposition.merge import merge_targets
+from lsif_agg.exposition.merge import WholeBody, merge_streamed, merge_targets
 
 TEXT = "text/plain; version=0.0.4"
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"
@@ -420,3 +420,50 @@ def test_a_name_filter_keeps_the_scrape_in_the_kernel() -> None:
     assert b'req_seconds_sum{worker="w0"} 0.3\n' in whole.body
     assert b'worker="w1"' not in whole.body
     assert [outcome.samples for outcome in whole.outcomes] == [3, 0, 3]
+
+
+@pytest.mark.parametrize("output", list(OutputFormat), ids=lambda output: output.value)
+def test_slices_join_to_the_whole_body(output: OutputFormat) -> None:
+    @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(replica_scrapes(output) | scrapes(output, mixed=True), st.sampled_from([1, 40, 300, 1 << 16]))
+    def check(targets: list[TargetBody], limit: int) -> None:
+        whole = merge_targets(targets, output, label_name="worker", keep=None, use_fast_path=True)
+        streamed = merge_streamed(targets, output)
+        slices = [bytes(piece) for piece in streamed.body.slices(limit)]
+
+        assert b"".join(slices) == whole.body
+        assert len(streamed.body) == len(whole.body)
+        assert streamed.body.tobytes() == whole.body
+        assert (streamed.outcomes, streamed.conflicts) == (whole.outcomes, whole.conflicts)
+        for piece in slices:
+            assert len(piece) <= limit or piece.count(b"\n") <= 1 or not isinstance(streamed.body, WholeBody)
+
+    check()
+
+
+def test_kernel_slices_end_at_line_ends_and_respect_the_limit() -> None:
+    targets = replicas(HISTOGRAM * 1, OutputFormat.OPENMETRICS, count=3)
+    with counting_whole_merges() as returned:
+        streamed = merge_streamed(targets, OutputFormat.OPENMETRICS)
+    assert isinstance(returned[0], tuple)
+
+    slices = [bytes(piece) for piece in streamed.body.slices(64)]
+    assert all(piece.endswith(b"\n") for piece in slices)
+    # Only one piece may be longer: a sample line, or a family's HELP and TYPE lines.
+    assert all(len(piece) <= 64 or piece.count(b"\n") == 1 or piece.startswith(b"# HELP") for piece in slices)
+    assert len(slices) > 3
+
+
+@pytest.mark.parametrize("use_kernel", [True, False], ids=["kernel", "general"])
+def test_openmetrics_without_eof_for_a_caller_that_appends(use_kernel: bool) -> None:
+    lines = HISTOGRAM if use_kernel else ["# a plain comment", *HISTOGRAM]
+    targets = replicas(lines, OutputFormat.OPENMETRICS, count=2)
+    whole = merge_targets(
+        targets, OutputFormat.OPENMETRICS, label_name="worker", keep=None, use_fast_path=True
+    )
+
+    streamed = merge_streamed(targets, OutputFormat.OPENMETRICS, eof=False)
+
+    assert whole.body.endswith(b"\n# EOF\n")
+    assert streamed.body.tobytes() == whole.body[: -len(b"# EOF\n")]
+    assert b"".join(bytes(piece) for piece in streamed.body.slices(50)) == streamed.body.tobytes()

@@ -6,14 +6,16 @@ families, lets the first target win TYPE, HELP and UNIT conflicts and reports th
 series once and converts timestamps exactly. docs/exposition.md lists every rule.
 """
 
-from lsif_agg.exposition.merge import merge
+from lsif_agg.exposition.merge import merge, merge_streamed
 from lsif_agg.exposition.records import (
     CONTENT_TYPES,
     Conflict,
+    MergedBody,
     MergeResult,
     NameFilter,
     OutputFormat,
     SeriesFilter,
+    StreamedResult,
     TargetBody,
     TargetOutcome,
 )
@@ -22,10 +24,13 @@ __all__ = [
     "CONTENT_TYPES",
     "Conflict",
     "MergeResult",
+    "MergedBody",
     "NameFilter",
     "OutputFormat",
     "SeriesFilter",
+    "StreamedResult",
     "TargetBody",
     "TargetOutcome",
     "merge",
+    "merge_streamed",
 ]

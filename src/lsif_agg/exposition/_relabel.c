@@ -1385,7 +1385,7 @@ filter_names(MergeState *state, const char *text, Block *block, Py_ssize_t body_
 
 /* Count what a block writes: its unmarked lines, their bytes and their converted timestamps. */
 static void
-tally_block(const MergeState *state, Block *block)
+tally_block(const MergeState *state, const char *text, Block *block)
 {
     block->kept = 0;
     block->bytes = 0;
@@ -1396,7 +1396,13 @@ tally_block(const MergeState *state, Block *block)
         const SampleLine *line = &state->lines[i];
         block->kept++;
         block->bytes += line->end - line->start + (line->key_end == line->name_end ? 3 : 2);
-        block->stamps += line->stamp != NO_STAMP;
+        if (line->stamp != NO_STAMP) {
+            /* The exact length of the seconds, so the merged size is known before writing. */
+            char seconds[MAX_TIMESTAMP_LENGTH + 8];
+            Py_ssize_t length = write_seconds(seconds, text + line->stamp, text + line->end);
+            block->bytes += length - (Py_ssize_t)(line->end - line->stamp);
+            block->stamps++;
+        }
     }
 }
 
@@ -1668,7 +1674,7 @@ read_canonical(MergeState *state, Py_ssize_t body_index, const char *text, Py_ss
             return -1;
         if (keep != Py_None && filter_names(state, text, each, body_index, keep) < 0)
             return -1;
-        tally_block(state, each);
+        tally_block(state, text, each);
     }
     *wide = rules.wide != 0;
     return 1;
@@ -1853,95 +1859,323 @@ put(char *out, const char *s, Py_ssize_t n)
     return out + n;
 }
 
-/* Write the merged families into one bytes object. */
-static PyObject *
-write_merged(const MergeState *state, const char *const *texts, const char *const *added,
-             const Py_ssize_t *added_lengths, int openmetrics)
+/* The merged exposition, kept as the kernel's records and written on demand: whole, or in
+ * slices, so that a server can compress and send it without holding it whole. It keeps the
+ * bodies and the added labels alive, since its lines point into them. */
+typedef struct {
+    PyObject_HEAD
+    MergeState state;
+    PyObject *bodies;       /* tuple of bytes */
+    PyObject *added_labels; /* tuple of bytes */
+    const char **texts;     /* each body's bytes */
+    const char **labels;    /* each body's added label item, and its length */
+    Py_ssize_t *label_lengths;
+    int openmetrics;
+    int eof;                /* OpenMetrics output ends in # EOF */
+    Py_ssize_t size;        /* bytes it writes in all */
+} ExpositionObject;
+
+/* Where a writer of an exposition stands. */
+typedef struct {
+    Py_ssize_t family;  /* index into state.merged; merged_count once all are written */
+    int metadata_done;  /* the family's HELP, TYPE and UNIT are written */
+    Py_ssize_t block;   /* the block being written, or -1 */
+    Py_ssize_t line;    /* the next line of that block */
+    int eof_done;
+} Cursor;
+
+
+static Py_ssize_t
+metadata_size(const ExpositionObject *self, const Merged *family)
 {
-    const KindRule *kinds = openmetrics ? OPENMETRICS_KINDS : TEXT_KINDS;
-    Py_ssize_t size = openmetrics ? 6 : 0; /* "# EOF\n" */
+    const KindRule *kinds = self->openmetrics ? OPENMETRICS_KINDS : TEXT_KINDS;
+    Py_ssize_t size = 9 + family->name_length + (Py_ssize_t)strlen(kinds[family->kind].name);
+    if (family->help != NULL)
+        size += 9 + family->name_length + family->help_length;
+    if (self->openmetrics && family->unit != NULL)
+        size += 9 + family->name_length + family->unit_length;
+    return size;
+}
+
+static Py_ssize_t
+exposition_size(const ExpositionObject *self)
+{
+    const MergeState *state = &self->state;
+    Py_ssize_t size = self->openmetrics && self->eof ? 6 : 0; /* "# EOF\n" */
     for (Py_ssize_t m = 0; m < state->merged_count; m++) {
         const Merged *family = &state->merged[m];
-        if (family->help != NULL)
-            size += 9 + family->name_length + family->help_length;
-        size += 9 + family->name_length + (Py_ssize_t)strlen(kinds[family->kind].name);
-        if (openmetrics && family->unit != NULL)
-            size += 9 + family->name_length + family->unit_length;
+        size += metadata_size(self, family);
         for (Py_ssize_t b = family->first_block; b >= 0; b = state->blocks[b].next) {
             const Block *block = &state->blocks[b];
-            size += block->bytes + block->kept * added_lengths[block->body];
-            size += block->stamps * 4; /* a converted timestamp grows by at most 4 bytes */
+            size += block->bytes + block->kept * self->label_lengths[block->body];
         }
     }
+    return size;
+}
 
-    PyObject *merged = PyBytes_FromStringAndSize(NULL, size);
-    if (merged == NULL)
-        return NULL;
-    char *out = PyBytes_AS_STRING(merged);
-    for (Py_ssize_t m = 0; m < state->merged_count; m++) {
-        const Merged *family = &state->merged[m];
+/* The most bytes a sample line takes written: the added label, `{` and `}` or `,`, a newline,
+ * and a converted timestamp's 4 more digits at most. */
+static inline Py_ssize_t
+line_bound(const SampleLine *line, Py_ssize_t label_length)
+{
+    return line->end - line->start + 3 + label_length + (line->stamp != NO_STAMP ? 4 : 0);
+}
+
+static inline char *
+write_line(char *out, const SampleLine *line, const char *text, const char *label, Py_ssize_t label_length)
+{
+    Py_ssize_t name_length = line->name_end - line->start;
+    out = put(out, text + line->start, name_length);
+    *out++ = '{';
+    out = put(out, label, label_length);
+    if (line->key_end == line->name_end) {
+        *out++ = '}';
+    }
+    else {
+        *out++ = ',';
+        name_length++; /* the `{` is already written */
+    }
+    if (line->stamp == NO_STAMP) {
+        out = put(out, text + line->start + name_length, line->end - line->start - name_length);
+    }
+    else {
+        out = put(out, text + line->start + name_length, line->stamp - line->start - name_length);
+        out += write_seconds(out, text + line->stamp, text + line->end);
+    }
+    *out++ = '\n';
+    return out;
+}
+
+/* Move the cursor to the next piece to write, past dropped lines and spent blocks; return the
+ * most bytes that piece takes, or 0 when everything is written. */
+static Py_ssize_t
+settle(const ExpositionObject *self, Cursor *cursor)
+{
+    const MergeState *state = &self->state;
+    while (cursor->family < state->merged_count) {
+        const Merged *family = &state->merged[cursor->family];
+        if (!cursor->metadata_done)
+            return metadata_size(self, family);
+        while (cursor->block >= 0) {
+            const Block *block = &state->blocks[cursor->block];
+            while (cursor->line < block->first + block->count && state->dropped[cursor->line])
+                cursor->line++;
+            if (cursor->line < block->first + block->count) {
+                const SampleLine *line = &state->lines[cursor->line];
+                return line_bound(line, self->label_lengths[block->body]);
+            }
+            cursor->block = block->next;
+            if (cursor->block >= 0)
+                cursor->line = state->blocks[cursor->block].first;
+        }
+        cursor->family++;
+        cursor->metadata_done = 0;
+    }
+    if (self->openmetrics && self->eof && !cursor->eof_done)
+        return 6;
+    return 0;
+}
+
+/* Write the piece the cursor stands on, which settle found, and move past it. */
+static char *
+write_piece(const ExpositionObject *self, Cursor *cursor, char *out)
+{
+    const MergeState *state = &self->state;
+    if (cursor->family >= state->merged_count) {
+        memcpy(out, "# EOF\n", 6);
+        cursor->eof_done = 1;
+        return out + 6;
+    }
+
+    const Merged *family = &state->merged[cursor->family];
+    if (!cursor->metadata_done) {
+        const KindRule *kinds = self->openmetrics ? OPENMETRICS_KINDS : TEXT_KINDS;
         if (family->help != NULL)
             out = write_metadata(out, "# HELP ", family, family->help, family->help_length);
         const char *kind = kinds[family->kind].name;
         out = write_metadata(out, "# TYPE ", family, kind, (Py_ssize_t)strlen(kind));
-        if (openmetrics && family->unit != NULL)
+        if (self->openmetrics && family->unit != NULL)
             out = write_metadata(out, "# UNIT ", family, family->unit, family->unit_length);
+        cursor->metadata_done = 1;
+        cursor->block = family->first_block;
+        cursor->line = state->blocks[family->first_block].first;
+        return out;
+    }
 
-        for (Py_ssize_t b = family->first_block; b >= 0; b = state->blocks[b].next) {
-            const Block *block = &state->blocks[b];
-            const char *text = texts[block->body];
-            const char *label = added[block->body];
-            Py_ssize_t label_length = added_lengths[block->body];
-            for (Py_ssize_t i = block->first; i < block->first + block->count; i++) {
-                if (state->dropped[i])
-                    continue;
-                const SampleLine *line = &state->lines[i];
-                Py_ssize_t name_length = line->name_end - line->start;
-                out = put(out, text + line->start, name_length);
-                *out++ = '{';
-                out = put(out, label, label_length);
-                if (line->key_end == line->name_end) {
-                    *out++ = '}';
-                }
-                else {
-                    *out++ = ',';
-                    name_length++; /* the `{` is already written */
-                }
-                if (line->stamp == NO_STAMP) {
-                    out = put(out, text + line->start + name_length, line->end - line->start - name_length);
-                }
-                else {
-                    out = put(out, text + line->start + name_length, line->stamp - line->start - name_length);
-                    out += write_seconds(out, text + line->stamp, text + line->end);
-                }
-                *out++ = '\n';
-            }
-        }
-    }
-    if (openmetrics) {
-        memcpy(out, "# EOF\n", 6);
-        out += 6;
-    }
-    Py_ssize_t written = out - PyBytes_AS_STRING(merged);
-    if (written > size) {
-        Py_DECREF(merged);
-        PyErr_SetString(PyExc_SystemError, "merge_bodies wrote more than it computed");
-        return NULL;
-    }
-    if (written < size && _PyBytes_Resize(&merged, written) < 0)
-        return NULL;
-    return merged;
+    /* One sample line, with the added label first in its label set. */
+    const Block *block = &state->blocks[cursor->block];
+    const SampleLine *line = &state->lines[cursor->line++];
+    return write_line(out, line, self->texts[block->body], self->labels[block->body],
+                      self->label_lengths[block->body]);
 }
 
+/* Write whole pieces from the cursor into a new bytes object of at most `limit` bytes, or of
+ * one piece when that alone is larger. Return NULL with StopIteration unset at the end. */
+static PyObject *
+write_slice(const ExpositionObject *self, Cursor *cursor, Py_ssize_t limit)
+{
+    Py_ssize_t next = settle(self, cursor);
+    if (next == 0)
+        return NULL;
+    Py_ssize_t room = next > limit ? next : limit;
+    PyObject *slice = PyBytes_FromStringAndSize(NULL, room);
+    if (slice == NULL)
+        return NULL;
+    char *start = PyBytes_AS_STRING(slice), *out = start, *end = start + room;
+    while (next > 0 && next <= end - out) {
+        if (cursor->family < self->state.merged_count && cursor->metadata_done) {
+            /* The lines of the cursor's block, in a tight loop: most of the writing. */
+            const Block *block = &self->state.blocks[cursor->block];
+            const char *text = self->texts[block->body], *label = self->labels[block->body];
+            Py_ssize_t label_length = self->label_lengths[block->body];
+            Py_ssize_t last = block->first + block->count;
+            for (; cursor->line < last; cursor->line++) {
+                const SampleLine *line = &self->state.lines[cursor->line];
+                if (self->state.dropped[cursor->line])
+                    continue;
+                if (line_bound(line, label_length) > end - out)
+                    break;
+                out = write_line(out, line, text, label, label_length);
+            }
+        }
+        else {
+            out = write_piece(self, cursor, out);
+        }
+        next = settle(self, cursor);
+    }
+    if (_PyBytes_Resize(&slice, out - start) < 0)
+        return NULL;
+    return slice;
+}
+
+static void
+exposition_dealloc(ExpositionObject *self)
+{
+    free_state(&self->state);
+    PyMem_Free(self->texts);
+    PyMem_Free(self->labels);
+    PyMem_Free(self->label_lengths);
+    Py_XDECREF(self->bodies);
+    Py_XDECREF(self->added_labels);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static Py_ssize_t
+exposition_length(ExpositionObject *self)
+{
+    return self->size;
+}
+
+PyDoc_STRVAR(tobytes_doc, "tobytes()\n--\n\nWrite the whole exposition into one bytes object.");
+
+static PyObject *
+exposition_tobytes(ExpositionObject *self, PyObject *unused)
+{
+    (void)unused;
+    Cursor cursor = {0, 0, -1, 0, 0};
+    if (self->size == 0)
+        return PyBytes_FromStringAndSize(NULL, 0);
+    /* settle() gives each piece's most bytes, up to 5 more than it writes, hence the room. */
+    PyObject *whole = write_slice(self, &cursor, self->size + 8);
+    if (whole == NULL && !PyErr_Occurred())
+        return PyBytes_FromStringAndSize(NULL, 0);
+    if (whole != NULL && PyBytes_GET_SIZE(whole) != self->size) {
+        Py_DECREF(whole);
+        PyErr_SetString(PyExc_SystemError, "the exposition wrote another size than it computed");
+        return NULL;
+    }
+    return whole;
+}
+
+/* An iterator over slices of an exposition. */
+typedef struct {
+    PyObject_HEAD
+    ExpositionObject *exposition;
+    Cursor cursor;
+    Py_ssize_t limit;
+} SlicesObject;
+
+static void
+slices_dealloc(SlicesObject *self)
+{
+    Py_XDECREF(self->exposition);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+slices_next(SlicesObject *self)
+{
+    return write_slice(self->exposition, &self->cursor, self->limit);
+}
+
+static PyTypeObject SlicesType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "lsif_agg.exposition._relabel.Slices",
+    .tp_basicsize = sizeof(SlicesObject),
+    .tp_dealloc = (destructor)slices_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Slices of a merged exposition, each of whole lines.",
+    .tp_iter = PyObject_SelfIter,
+    .tp_iternext = (iternextfunc)slices_next,
+};
+
+PyDoc_STRVAR(slices_doc,
+"slices(limit, /)\n--\n\n"
+"Return an iterator over the exposition in bytes objects of whole lines, each at most limit\n"
+"bytes unless one line alone is longer. Several iterators may run at once.");
+
+static PyObject *
+exposition_slices(ExpositionObject *self, PyObject *argument)
+{
+    Py_ssize_t limit = PyNumber_AsSsize_t(argument, PyExc_OverflowError);
+    if (limit == -1 && PyErr_Occurred())
+        return NULL;
+    if (limit < 1) {
+        PyErr_Format(PyExc_ValueError, "slices needs a limit of at least 1 byte, got %zd", limit);
+        return NULL;
+    }
+    SlicesObject *slices = PyObject_New(SlicesObject, &SlicesType);
+    if (slices == NULL)
+        return NULL;
+    Py_INCREF(self);
+    slices->exposition = self;
+    slices->cursor = (Cursor){0, 0, -1, 0, 0};
+    slices->limit = limit;
+    return (PyObject *)slices;
+}
+
+static PyMethodDef exposition_methods[] = {
+    {"tobytes", (PyCFunction)exposition_tobytes, METH_NOARGS, tobytes_doc},
+    {"slices", (PyCFunction)exposition_slices, METH_O, slices_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static PySequenceMethods exposition_as_sequence = {
+    .sq_length = (lenfunc)exposition_length,
+};
+
+static PyTypeObject ExpositionType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "lsif_agg.exposition._relabel.Exposition",
+    .tp_basicsize = sizeof(ExpositionObject),
+    .tp_dealloc = (destructor)exposition_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A merged exposition, written whole by tobytes() or in slices by slices().",
+    .tp_as_sequence = &exposition_as_sequence,
+    .tp_methods = exposition_methods,
+};
+
 PyDoc_STRVAR(merge_bodies_doc,
-"merge_bodies(bodies, added_labels, label_name, openmetrics, converting, keep, /)\n--\n\n"
+"merge_bodies(bodies, added_labels, label_name, openmetrics, converting, keep, eof, /)\n--\n\n"
 "Merge canonical bodies into one exposition, in OpenMetrics when openmetrics is true.\n\n"
 "bodies is a tuple of bytes, added_labels a tuple of the `name=\"value\"` item to add to\n"
 "each body's samples (the values must differ), and converting a tuple that is true for each\n"
 "text body going into OpenMetrics; every other body must be in the output format.\n"
 "keep is None, or keep(sample_name, body_index) returns whether to write that body's samples\n"
 "of that name: a series filter that depends on nothing else.\n"
-"Return (merged, samples, conflicts, unchecked): samples counts each body's samples written,\n"
+"eof is whether OpenMetrics output ends in # EOF.\n"
+"Return (merged, samples, conflicts, unchecked): merged is an Exposition, which writes the\n"
+"merged exposition whole or in slices; samples counts each body's samples written,\n"
 "conflicts lists (family, \"help\" or \"unit\") in the order merge.py reports them, and\n"
 "unchecked the indexes of bodies with bytes above 0x7f, which the caller must check as UTF-8.\n"
 "Return the index of the first body that is not canonical, or -1 when two bodies disagree on\n"
@@ -1951,16 +2185,19 @@ static PyObject *
 merge_bodies(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;
-    if (nargs != 6 || !PyTuple_Check(args[0]) || !PyTuple_Check(args[1]) || !PyBytes_Check(args[2]) ||
+    if (nargs != 7 || !PyTuple_Check(args[0]) || !PyTuple_Check(args[1]) || !PyBytes_Check(args[2]) ||
         !PyTuple_Check(args[4]) || PyTuple_GET_SIZE(args[0]) != PyTuple_GET_SIZE(args[1]) ||
         PyTuple_GET_SIZE(args[0]) != PyTuple_GET_SIZE(args[4]) ||
         (args[5] != Py_None && !PyCallable_Check(args[5]))) {
         PyErr_SetString(PyExc_TypeError, "merge_bodies takes (tuple[bytes], tuple[bytes], bytes, bool, "
-                                         "tuple[bool], callable | None), the tuples of the same length");
+                                         "tuple[bool], callable | None, bool), the tuples of the same length");
         return NULL;
     }
     int openmetrics = PyObject_IsTrue(args[3]);
     if (openmetrics < 0)
+        return NULL;
+    int eof = PyObject_IsTrue(args[6]);
+    if (eof < 0)
         return NULL;
     Py_ssize_t count = PyTuple_GET_SIZE(args[0]);
     for (Py_ssize_t i = 0; i < count; i++) {
@@ -2056,12 +2293,27 @@ merge_bodies(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         }
         PyTuple_SET_ITEM(samples, i, number);
     }
-    PyObject *merged = write_merged(&state, texts, added, added_lengths, openmetrics);
+    ExpositionObject *merged = PyObject_New(ExpositionObject, &ExpositionType);
     if (merged == NULL) {
         Py_DECREF(samples);
         goto done;
     }
-    result = Py_BuildValue("(NNOO)", merged, samples, conflicts, unchecked);
+    merged->state = state;
+    state = (MergeState){0}; /* the exposition owns the records now */
+    merged->texts = texts;
+    merged->labels = added;
+    merged->label_lengths = added_lengths;
+    texts = NULL;
+    added = NULL;
+    added_lengths = NULL;
+    Py_INCREF(args[0]);
+    merged->bodies = args[0];
+    Py_INCREF(args[1]);
+    merged->added_labels = args[1];
+    merged->openmetrics = openmetrics;
+    merged->eof = eof;
+    merged->size = exposition_size(merged);
+    result = Py_BuildValue("(NNOO)", (PyObject *)merged, samples, conflicts, unchecked);
 
 done:
     PyMem_Free(texts);
@@ -2094,5 +2346,16 @@ PyMODINIT_FUNC
 PyInit__relabel(void)
 {
     fill_classes();
-    return PyModuleDef_Init(&module_definition);
+    if (PyType_Ready(&ExpositionType) < 0 || PyType_Ready(&SlicesType) < 0)
+        return NULL;
+    PyObject *module = PyModule_Create(&module_definition);
+    if (module == NULL)
+        return NULL;
+    Py_INCREF(&ExpositionType);
+    if (PyModule_AddObject(module, "Exposition", (PyObject *)&ExpositionType) < 0) {
+        Py_DECREF(&ExpositionType);
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
 }

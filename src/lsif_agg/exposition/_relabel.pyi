@@ -1,4 +1,4 @@
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 # (start, end, names, block, lines); names and block are None when the run was rejected.
 RunItem = tuple[int, int, tuple[bytes, ...] | None, bytes | None, int]
@@ -27,5 +27,11 @@ def merge_bodies(
     openmetrics: bool,
     converting: tuple[bool, ...],
     keep: Callable[[bytes, int], bool] | None,
+    eof: bool,
     /,
-) -> tuple[bytes, tuple[int, ...], list[tuple[bytes, str]], list[int]] | int: ...
+) -> tuple[Exposition, tuple[int, ...], list[tuple[bytes, str]], list[int]] | int: ...
+
+class Exposition:
+    def __len__(self) -> int: ...
+    def slices(self, limit: int, /) -> Iterator[bytes]: ...
+    def tobytes(self) -> bytes: ...

@@ -3,7 +3,7 @@ and render the result in the negotiated format.
 """
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from lsif_agg.exposition import fast, formats
@@ -15,6 +15,7 @@ from lsif_agg.exposition.records import (
     NameFilter,
     OutputFormat,
     SeriesFilter,
+    StreamedResult,
     TargetBody,
     TargetOutcome,
 )
@@ -38,6 +39,23 @@ def merge(
     return merge_targets(targets, output, label_name=label_name, keep=keep, use_fast_path=True)
 
 
+def merge_streamed(
+    targets: Sequence[TargetBody],
+    output: OutputFormat,
+    *,
+    label_name: str = "worker",
+    keep: SeriesFilter | NameFilter | None = None,
+    eof: bool = True,
+) -> StreamedResult:
+    """Merge as `merge` does, into a body that can be written in slices.
+
+    A scrape that the whole merge takes is never held whole: its slices are written from the
+    kernel's records when asked for. With eof false, OpenMetrics output has no final # EOF,
+    for a caller that appends more families.
+    """
+    return _merge(targets, output, label_name=label_name, keep=keep, use_fast_path=True, eof=eof)
+
+
 def merge_targets(
     targets: Sequence[TargetBody],
     output: OutputFormat,
@@ -47,11 +65,26 @@ def merge_targets(
     use_fast_path: bool,
 ) -> MergeResult:
     """Merge as `merge` does; tests turn the fast path off to compare it with the general one."""
+    streamed = _merge(
+        targets, output, label_name=label_name, keep=keep, use_fast_path=use_fast_path, eof=True
+    )
+    return MergeResult(streamed.body.tobytes(), streamed.outcomes, streamed.conflicts)
+
+
+def _merge(
+    targets: Sequence[TargetBody],
+    output: OutputFormat,
+    *,
+    label_name: str,
+    keep: SeriesFilter | NameFilter | None,
+    use_fast_path: bool,
+    eof: bool,
+) -> StreamedResult:
     if _LABEL_NAME.fullmatch(label_name) is None:
         raise ValueError(f"label_name {label_name!r} is not a valid label name; use [a-zA-Z_]\\w*")
 
     if use_fast_path and (keep is None or isinstance(keep, NameFilter)):
-        merged = _merge_canonical(targets, output, label_name, keep)
+        merged = _merge_canonical(targets, output, label_name, keep, eof)
         if merged is not None:
             return merged
 
@@ -61,12 +94,16 @@ def merge_targets(
         _merge_target(exposition, target, label_name, each_sample, use_fast_path)
         for target in targets
     )
-    return MergeResult(exposition.render(), outcomes, exposition.conflicts())
+    return StreamedResult(WholeBody(exposition.render(eof)), outcomes, exposition.conflicts())
 
 
 def _merge_canonical(
-    targets: Sequence[TargetBody], output: OutputFormat, label_name: str, keep: NameFilter | None
-) -> MergeResult | None:
+    targets: Sequence[TargetBody],
+    output: OutputFormat,
+    label_name: str,
+    keep: NameFilter | None,
+    eof: bool,
+) -> StreamedResult | None:
     """Merge the whole scrape in one kernel call when every body is canonical; else None.
 
     Replicas of one program send bodies of the same canonical shape, so most scrapes take
@@ -92,7 +129,7 @@ def _merge_canonical(
         )
         converting = tuple(openmetrics and not sources[index] for index in kept)
         keep_name = None if keep is None else _name_test(keep, label_name, [labels[index] for index in kept])
-        merged = fast.merge_bodies(bodies, added, name, openmetrics, converting, keep_name)
+        merged = fast.merge_bodies(bodies, added, name, openmetrics, converting, keep_name, eof)
         if isinstance(merged, int):
             if merged < 0:
                 return None  # two targets disagree on a type, which the general path settles
@@ -112,7 +149,7 @@ def _merge_canonical(
     body, samples, conflicts, _ = merged
     for index, count in zip(kept, samples, strict=True):
         outcomes[index] = TargetOutcome(targets[index].label, count, None, None)
-    return MergeResult(
+    return StreamedResult(
         body,
         tuple(outcomes[index] for index in range(len(targets))),
         tuple(Conflict(family.decode(), kind) for family, kind in conflicts),
@@ -307,7 +344,7 @@ class MergedExposition:
     def conflicts(self) -> tuple[Conflict, ...]:
         return tuple(self.found)
 
-    def render(self) -> bytes:
+    def render(self, eof: bool = True) -> bytes:
         openmetrics = self.output is OutputFormat.OPENMETRICS
         written: list[bytes] = []
         for family in self.families.values():
@@ -321,9 +358,27 @@ class MergedExposition:
                 written.append(b"# UNIT " + family.name + b" " + family.unit + b"\n")
             written.extend(family.chunks)
 
-        if openmetrics:
+        if openmetrics and eof:
             written.append(b"# EOF\n")
         return b"".join(written)
+
+
+class WholeBody:
+    """A merged body the general path wrote whole, sliced as the kernel's Exposition is."""
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+
+    def __len__(self) -> int:
+        return len(self._body)
+
+    def slices(self, limit: int) -> Iterator[bytes | memoryview]:
+        view = memoryview(self._body)
+        for start in range(0, len(view), limit):
+            yield view[start : start + limit]
+
+    def tobytes(self) -> bytes:
+        return self._body
 
 
 def _escape_help(text: bytes, openmetrics: bool) -> bytes:

@@ -1,8 +1,9 @@
 """The records that go in and out of a merge, and the two output formats."""
 
 import enum
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 
 class OutputFormat(enum.Enum):
@@ -41,6 +42,26 @@ class Conflict:
 
     family: str
     kind: str  # "type", "help" or "unit"
+
+
+class MergedBody(Protocol):
+    """A merged exposition that is written whole, or in slices without being held whole."""
+
+    def __len__(self) -> int: ...
+
+    def slices(self, limit: int) -> Iterator[bytes | memoryview]:
+        """Yield the exposition in pieces of whole lines, each at most limit bytes unless one
+        line alone is longer."""
+        ...
+
+    def tobytes(self) -> bytes: ...
+
+
+@dataclass(frozen=True, slots=True)
+class StreamedResult:
+    body: MergedBody
+    outcomes: tuple["TargetOutcome", ...]  # one per input target, in input order
+    conflicts: tuple["Conflict", ...]
 
 
 @dataclass(frozen=True, slots=True)
