@@ -77,7 +77,8 @@ class Part:
     def add_run(self, run: FastRun) -> None:
         self.names.update(run.names)
         if not self.keys:
-            self.segments.pop()  # the open line segment is empty
+            self.segments.insert(-1, run)  # before the open line segment, which stays empty
+            return
         self.segments.append(run)
         self.keys, self.lines = [], []
         self.segments.append(LineSegment(self.keys, self.lines))
