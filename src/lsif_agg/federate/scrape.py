@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from lsif_agg.exposition import OutputFormat
+from lsif_agg.exposition import MergedBody, OutputFormat
 from lsif_agg.supervise.process import ProcessView
 
 # Targets are asked for the format the scraper of lsif_agg negotiated, so the common case copies
@@ -36,8 +36,9 @@ MAX_BODY_BYTES = 256 * 1024 * 1024
 
 logger = logging.getLogger(__name__)
 
-# A response body as parts sent one after another, so that joining them makes no copy.
-ResponseBody = tuple[bytes | memoryview, ...]
+# A response body as parts sent one after another, so that joining them makes no copy. A merged
+# exposition is a part that writes itself in slices, so it is never held whole.
+ResponseBody = tuple[bytes | memoryview | MergedBody, ...]
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,10 +17,11 @@ from isal import isal_zlib
 from lsif_agg import __version__
 from lsif_agg.exposition import (
     CONTENT_TYPES,
-    MergeResult,
     OutputFormat,
+    StreamedResult,
     TargetBody,
     merge,
+    merge_streamed,
 )
 from lsif_agg.federate.negotiate import Negotiated, negotiate
 from lsif_agg.federate.scrape import FanOut, ResponseBody, Scraper, ScrapeResult
@@ -40,7 +41,6 @@ GZIP_WBITS = 16 + isal_zlib.MAX_WBITS
 # one bytes object (aiohttp 3.14 on Python < 3.12.9 never uses writelines), and passes later
 # slices to the transport as views of the body, without a copy.
 SLICE_BYTES = 256 * 1024
-OPENMETRICS_EOF = b"# EOF\n"
 # Repeated errors of one target are logged at most once per this many seconds.
 ERROR_LOG_INTERVAL = 60.0
 # Refused connections are not logged this soon after a process starts: it may still be binding.
@@ -122,26 +122,23 @@ class Federation:
         The merged exposition and lsif_agg's own series are returned as two parts, so the
         merged body, the largest object of a scrape, is never copied.
         """
-        # NOTE: the merged exposition is built whole before it is sent, so memory grows with the
-        # size of one scrape. At 16 workers x 10,000 samples the bodies (18 MB) and the merged
-        # body (20 MB) are alive together while the merge runs.
+        # The merged exposition is written slice by slice as it is compressed or sent, so it is
+        # never held whole; the bodies stay alive until the fan-out is freed.
         arrived = [result for result in results if result.body is not None]
-        merged = merge(
+        merged = merge_streamed(
             [TargetBody(result.label, result.body or b"", result.content_type)
              for result in arrived],
-            output, keep=keep)
+            output, keep=keep, eof=False)
         self._record(views, results, arrived, merged)
 
+        # lsif_agg's own series come last; in OpenMetrics they end in the one # EOF.
         own = self._self_metrics.render(output)
         if keep is not None:
             own = merge([TargetBody(None, own, CONTENT_TYPES[output])], output, keep=keep).body
-        if output is OutputFormat.OPENMETRICS and merged.body.endswith(OPENMETRICS_EOF):
-            # Both parts end in # EOF; the joined exposition must have exactly one, at its end.
-            return memoryview(merged.body)[:-len(OPENMETRICS_EOF)], own
         return merged.body, own
 
     def _record(self, views: Sequence[ProcessView], results: list[ScrapeResult],
-                arrived: list[ScrapeResult], merged: MergeResult) -> None:
+                arrived: list[ScrapeResult], merged: StreamedResult) -> None:
         outcomes = {id(result): outcome for result, outcome in zip(arrived, merged.outcomes,
                                                                      strict=True)}
         # A process that was just spawned has usually not bound its port yet. A refused
@@ -227,8 +224,11 @@ def _compress(body: ResponseBody) -> ResponseBody:
     return (b"".join(compressed),)
 
 
-def _slices(body: ResponseBody) -> Iterator[memoryview]:
+def _slices(body: ResponseBody) -> Iterator[bytes | memoryview]:
     for part in body:
+        if not isinstance(part, bytes | memoryview):
+            yield from part.slices(SLICE_BYTES)  # a merged exposition writes its own slices
+            continue
         view = memoryview(part)
         for start in range(0, len(view), SLICE_BYTES):
             yield view[start:start + SLICE_BYTES]
