@@ -36,8 +36,10 @@ async def run(settings: Settings) -> int:
                      "with another address.", settings.listen_host, settings.listen_port,
                      error.strerror or error)
         return 1
+    # An IPv6 address needs brackets in a URL.
+    host = f"[{settings.listen_host}]" if ":" in settings.listen_host else settings.listen_host
     logger.info("lsif_agg %s serving merged metrics on http://%s:%d/metrics workers=%d server=%s",
-                __version__, settings.listen_host, settings.listen_port, settings.workers,
+                __version__, host, settings.listen_port, settings.workers,
                 "yes" if settings.server_command else "no")
 
     await supervisor.start()

@@ -248,9 +248,10 @@ async def test_missing_command_fails_at_once(
     assert states(supervisor) == [ProcessState.FAILED]
     assert view_of(supervisor, "worker-0").restarts == 0
     errors = [record for record in caplog.records if record.levelname == "ERROR"]
-    assert len(errors) == 1
+    assert len(errors) == 2
     assert missing in errors[0].message
     assert "No such file or directory" in errors[0].message
+    assert "could not start and will not be retried: worker-0" in errors[1].message
 
 
 async def test_unexecutable_command_fails(

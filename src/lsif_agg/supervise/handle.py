@@ -299,7 +299,8 @@ class ProcessHandle:
     def _log_stopped(self, cause: ExitCause, pid: int) -> None:
         if self._killed:
             log.warning(
-                "process killed with SIGKILL after the grace period worker=%s pid=%d",
+                "process killed with SIGKILL: the grace period ended or a second stop signal "
+                "arrived worker=%s pid=%d",
                 self.spec.name, pid,
             )
         elif cause.signal == signal.SIGKILL:

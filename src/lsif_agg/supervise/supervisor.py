@@ -13,7 +13,7 @@ from lsif_agg.settings import MAX_PORT, Settings
 from lsif_agg.supervise.children import OwnChildren
 from lsif_agg.supervise.handle import ProcessHandle
 from lsif_agg.supervise.orphans import OrphanReaper, is_pid1
-from lsif_agg.supervise.process import ProcessSpec, ProcessView
+from lsif_agg.supervise.process import ProcessSpec, ProcessState, ProcessView
 from lsif_agg.supervise.specs import server_spec, worker_spec
 
 STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
@@ -86,10 +86,14 @@ class Supervisor:
                 return
             handle.start()
             await self._wait_any(handle.wait_first_attempt(), self._stop_requested.wait())
-        log.info(
-            "started all processes workers=%d server=%s",
-            len(self._workers), self._server is not None,
-        )
+        failed = [handle.spec.name for handle in self._live_handles()
+                  if handle.view().state is ProcessState.FAILED]
+        if failed:
+            log.error("start-up done, but these processes could not start and will not be "
+                      "retried: %s; fix their command and restart lsif_agg", ", ".join(failed))
+        else:
+            log.info("started all processes workers=%d server=%s",
+                     len(self._workers), self._server is not None)
 
     def _start_reaper(self) -> None:
         """As PID 1, start reaping adopted orphans; no other process would."""
