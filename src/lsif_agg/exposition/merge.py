@@ -83,16 +83,18 @@ def _merge(
     if _LABEL_NAME.fullmatch(label_name) is None:
         raise ValueError(f"label_name {label_name!r} is not a valid label name; use [a-zA-Z_]\\w*")
 
+    # A valid body that the whole merge turned down was read already; its parts are reused.
+    read: dict[int, list[Part]] = {}
     if use_fast_path and (keep is None or isinstance(keep, NameFilter)):
-        merged = _merge_canonical(targets, output, label_name, keep, eof)
+        merged = _merge_canonical(targets, output, label_name, keep=keep, eof=eof, read=read)
         if merged is not None:
             return merged
 
     each_sample = keep.keep if isinstance(keep, NameFilter) else keep
     exposition = MergedExposition(output)
     outcomes = tuple(
-        _merge_target(exposition, target, label_name, each_sample, use_fast_path)
-        for target in targets
+        _merge_target(exposition, target, label_name, each_sample, use_fast_path, read=read.get(index))
+        for index, target in enumerate(targets)
     )
     return StreamedResult(WholeBody(exposition.render(eof)), outcomes, exposition.conflicts())
 
@@ -101,8 +103,10 @@ def _merge_canonical(
     targets: Sequence[TargetBody],
     output: OutputFormat,
     label_name: str,
+    *,
     keep: NameFilter | None,
     eof: bool,
+    read: dict[int, list[Part]],
 ) -> StreamedResult | None:
     """Merge the whole scrape in one kernel call when every body is canonical; else None.
 
@@ -141,8 +145,10 @@ def _merge_canonical(
                 break
 
         for index in refused:
-            reason = _read_error(targets[index], output, label_name)
+            reason, parts = _read_alone(targets[index], output, label_name)
             if reason is None:
+                if keep is None:
+                    read[index] = parts
                 return None  # valid but not canonical
             outcomes[index] = TargetOutcome(targets[index].label, 0, INVALID_EXPOSITION, reason)
 
@@ -176,15 +182,17 @@ def _is_utf8(body: bytes) -> bool:
     return True
 
 
-def _read_error(target: TargetBody, output: OutputFormat, label_name: str) -> str | None:
-    """Read one body on the general path; return why it is invalid, or None when it is valid."""
+def _read_alone(
+    target: TargetBody, output: OutputFormat, label_name: str
+) -> tuple[str | None, list[Part]]:
+    """Read one body on the general path, without a filter; return why it is invalid, or None
+    and its parts."""
     openmetrics = is_openmetrics(target.body, target.content_type)
     reader = TargetReader(output, openmetrics, target.label, label_name, None)
     try:
-        reader.read(target.body)
+        return None, reader.read(target.body)
     except InvalidExposition as error:
-        return str(error)
-    return None
+        return str(error), []
 
 
 def _merge_target(
@@ -193,14 +201,19 @@ def _merge_target(
     label_name: str,
     keep: SeriesFilter | None,
     use_fast_path: bool,
+    *,
+    read: list[Part] | None = None,
 ) -> TargetOutcome:
-    openmetrics = is_openmetrics(target.body, target.content_type)
-    reader = TargetReader(exposition.output, openmetrics, target.label, label_name, keep)
-    reader.use_fast_path = use_fast_path
-    try:
-        parts = reader.read(target.body)
-    except InvalidExposition as error:
-        return TargetOutcome(target.label, 0, INVALID_EXPOSITION, str(error))
+    if read is not None:
+        parts = read
+    else:
+        openmetrics = is_openmetrics(target.body, target.content_type)
+        reader = TargetReader(exposition.output, openmetrics, target.label, label_name, keep)
+        reader.use_fast_path = use_fast_path
+        try:
+            parts = reader.read(target.body)
+        except InvalidExposition as error:
+            return TargetOutcome(target.label, 0, INVALID_EXPOSITION, str(error))
 
     samples = sum(exposition.add(part, target.label) for part in parts)
     return TargetOutcome(target.label, samples, None, None)
