@@ -476,8 +476,8 @@ def test_repeat_across_parts_found_by_merge() -> None:
 
 
 def test_cr_in_value_repeated_across_targets() -> None:
-    # The kernel takes a CR inside a label value, but merge.py splits a block at it when a
-    # later target of the same label repeats a series, so such a run is read line by line.
+    # A later target of the same label repeats a series whose value holds a CR, so merge.py
+    # splits the kernel's block into lines, at newlines only.
     first = b'# TYPE g gauge\ng{a="x\ry"} 1\n'
     second = b'# TYPE g gauge\ng{a="x\ry"} 2\ng{a="z"} 3\n'
 

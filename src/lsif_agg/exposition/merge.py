@@ -337,7 +337,9 @@ class MergedExposition:
             seen.keys.update(keys)
             family.chunks.append(run.block)
             return run.count
-        return self.add_each(family, keys, run.block.splitlines(keepends=True), seen)
+        # Split at newlines only: bytes.splitlines would also break a label value at a CR.
+        lines = [line + b"\n" for line in run.block.split(b"\n")[:-1]]
+        return self.add_each(family, keys, lines, seen)
 
     def add_each(
         self, family: MergedFamily, keys: list[bytes], lines: list[bytes], seen: SeenSeries

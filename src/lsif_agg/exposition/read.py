@@ -213,8 +213,6 @@ class TargetReader:
         start, end, names, block, count = item
         if names is None or block is None:
             return False
-        if b"\r" in block:
-            return False  # merge.py may split the block with bytes.splitlines, which breaks at a CR
         family = self.family_for(names[0])
         if not family.allowed.issuperset(names):
             return False
