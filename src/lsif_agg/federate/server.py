@@ -23,6 +23,7 @@ from lsif_agg.exposition import (
     merge,
     merge_streamed,
 )
+from lsif_agg.federate.heap import HeapTrimmer, find_malloc_trim
 from lsif_agg.federate.negotiate import Negotiated, negotiate
 from lsif_agg.federate.scrape import FanOut, ResponseBody, Scraper, ScrapeResult
 from lsif_agg.federate.select import SelectorError, SeriesFilter, build_filter
@@ -61,6 +62,7 @@ class Federation:
         self._ledger = ScrapeLedger()
         self._self_metrics = SelfMetrics(supervisor.processes, self._ledger)
         self._last_logged: dict[tuple[str, str], float] = {}
+        self.heap = HeapTrimmer(find_malloc_trim())
 
     @property
     def default_timeout(self) -> float:
@@ -212,8 +214,12 @@ async def _serve_exposition(request: web.Request, selectors: Sequence[str]
         raise web.HTTPBadRequest(text=f"{error}\n") from None
 
     negotiated = negotiate(request.headers, federation.default_timeout)
-    body = await federation.render(negotiated, selectors=selectors, keep=keep)
-    return await _send(request, body, negotiated)
+    federation.heap.started()
+    try:
+        body = await federation.render(negotiated, selectors=selectors, keep=keep)
+        return await _send(request, body, negotiated)
+    finally:
+        federation.heap.finished()
 
 
 def _compress(body: ResponseBody) -> ResponseBody:

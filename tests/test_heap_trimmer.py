@@ -1,0 +1,69 @@
+"""The heap is trimmed once the last exposition response in flight is done, and not before."""
+
+from __future__ import annotations
+
+import asyncio
+import platform
+
+import pytest
+
+from lsif_agg.federate.heap import HeapTrimmer, find_malloc_trim
+
+
+class RecordedTrims:
+    """A stand-in for malloc_trim that records the pad argument of each call."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def __call__(self, pad: int) -> int:
+        self.calls.append(pad)
+        return 1
+
+
+def test_trim_waits_for_last_response() -> None:
+    trims = RecordedTrims()
+
+    async def scenario() -> None:
+        heap = HeapTrimmer(trims)
+        heap.started()
+        heap.started()
+        heap.finished()
+        await asyncio.sleep(0)
+        assert trims.calls == []
+
+        heap.finished()
+        assert trims.calls == []  # called soon, after the handler has returned
+        await asyncio.sleep(0)
+        assert trims.calls == [0]
+
+    asyncio.run(scenario())
+
+
+def test_trim_skipped_when_a_request_starts() -> None:
+    trims = RecordedTrims()
+
+    async def scenario() -> None:
+        heap = HeapTrimmer(trims)
+        heap.started()
+        heap.finished()
+        heap.started()  # arrives before the scheduled trim runs
+        await asyncio.sleep(0)
+        assert trims.calls == []
+
+    asyncio.run(scenario())
+
+
+def test_without_malloc_trim_nothing_runs() -> None:
+    async def scenario() -> None:
+        heap = HeapTrimmer(None)
+        heap.started()
+        heap.finished()
+        await asyncio.sleep(0)
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
+def test_glibc_malloc_trim_found() -> None:
+    assert find_malloc_trim() is not None
