@@ -59,7 +59,21 @@ RSS_PROMETHEUS_FRACTION = 0.1
 MIB = 1024 * 1024
 # Ports below this are left alone: they are where services listen by convention.
 PORT_SEARCH_START = 20_000
-PORT_SEARCH_END = 60_000
+
+
+def _ephemeral_start() -> int:
+    """Return where the kernel's range of ports for outgoing connections starts."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as ports:
+            return int(ports.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768  # Linux's default
+
+
+# Servers listen below the ports the kernel gives outgoing connections. A port in that range
+# may be free when it is picked and taken by a client connection a moment later, which made a
+# worker fail to bind at 64 workers.
+PORT_SEARCH_END = _ephemeral_start()
 # Stopping lsif_agg takes up to its grace period (10 s by default) plus reaping.
 STOP_TIMEOUT = 30.0
 
@@ -192,7 +206,8 @@ def is_port_free(port: int) -> bool:
 
 def find_free_ports(count: int, *, avoid: Sequence[int] = ()) -> int:
     """Return the first port of `count` consecutive free ports on 127.0.0.1."""
-    start = PORT_SEARCH_START + os.getpid() % 1000 * 20
+    # Spread by process id, so runs side by side rarely probe the same ports first.
+    start = PORT_SEARCH_START + os.getpid() * 20 % max(PORT_SEARCH_END - PORT_SEARCH_START - 1_000, 20)
     port = start
     while port + count < PORT_SEARCH_END:
         block = range(port, port + count)
