@@ -21,12 +21,10 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "_tokens.h"
+
 /* Far above what client libraries write. A line with more labels goes to the general reader. */
 #define MAX_LABELS 64
-/* As syntax.MAX_TIMESTAMP_LENGTH. */
-#define MAX_TIMESTAMP_LENGTH 64
-/* Text timestamps are int64 milliseconds, as syntax._TEXT_TIMESTAMP_TOKEN. */
-#define MAX_TEXT_TIMESTAMP_DIGITS 19
 /* OpenMetrics seconds with more whole digits may not fit in an int64 once in milliseconds,
  * so syntax.seconds_to_milliseconds converts them with decimal arithmetic. */
 #define MAX_PLAIN_WHOLE_DIGITS 15
@@ -133,87 +131,6 @@ skip_token(const char *p)
     while (!IS(*p, TOKEN_END))
         p++;
     return p;
-}
-
-static int
-equals_folded(const char *s, const char *e, const char *word)
-{
-    Py_ssize_t n = (Py_ssize_t)strlen(word);
-    if (e - s != n)
-        return 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        char c = s[i];
-        if (c >= 'A' && c <= 'Z')
-            c = (char)(c + ('a' - 'A'));
-        if (c != word[i])
-            return 0;
-    }
-    return 1;
-}
-
-/* [0-9]+\.?[0-9]*|\.[0-9]+ followed by an optional [eE][+-]?[0-9]+, to the end. */
-static int
-is_decimal(const char *s, const char *e)
-{
-    Py_ssize_t whole = 0, fraction = 0;
-    while (s < e && IS(*s, DIGIT)) {
-        s++;
-        whole++;
-    }
-    if (s < e && *s == '.') {
-        s++;
-        while (s < e && IS(*s, DIGIT)) {
-            s++;
-            fraction++;
-        }
-    }
-    if (whole == 0 && fraction == 0)
-        return 0;
-
-    if (s < e && (*s == 'e' || *s == 'E')) {
-        s++;
-        if (s < e && (*s == '+' || *s == '-'))
-            s++;
-        if (s == e || !IS(*s, DIGIT))
-            return 0;
-        while (s < e && IS(*s, DIGIT))
-            s++;
-    }
-    return s == e;
-}
-
-/* As syntax._VALUE: a signed decimal or Inf/Infinity in any case, or an unsigned NaN. */
-static int
-is_value(const char *s, const char *e)
-{
-    if (equals_folded(s, e, "nan"))
-        return 1;
-    if (s < e && (*s == '+' || *s == '-'))
-        s++;
-    if (s < e && (*s == 'i' || *s == 'I'))
-        return equals_folded(s, e, "inf") || equals_folded(s, e, "infinity");
-    return is_decimal(s, e);
-}
-
-/* As syntax._TEXT_TIMESTAMP and _OPENMETRICS_TIMESTAMP, within MAX_TIMESTAMP_LENGTH. */
-static int
-is_timestamp(const char *s, const char *e, int openmetrics)
-{
-    if (e - s > MAX_TIMESTAMP_LENGTH)
-        return 0;
-    if (s < e && (*s == '+' || *s == '-'))
-        s++;
-    if (openmetrics)
-        return is_decimal(s, e);
-
-    Py_ssize_t digits = e - s;
-    if (digits < 1 || digits > MAX_TEXT_TIMESTAMP_DIGITS)
-        return 0;
-    for (; s < e; s++) {
-        if (!IS(*s, DIGIT))
-            return 0;
-    }
-    return 1;
 }
 
 /* Write checked integer milliseconds as seconds, as syntax.milliseconds_to_seconds does. */

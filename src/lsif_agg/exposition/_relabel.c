@@ -25,14 +25,14 @@
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
+
+#include "_tokens.h"
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #endif
 
 /* Far above what client libraries write. A line with more labels goes to the general reader. */
 #define MAX_LABELS 64
-/* As syntax.MAX_TIMESTAMP_LENGTH. */
-#define MAX_TIMESTAMP_LENGTH 64
 /* A histogram or summary family has at most four sample names, and the mask has room for eight. */
 #define MAX_ALLOWED 8
 
@@ -123,90 +123,6 @@ typedef struct {
     int known_count;
     unsigned int wide; /* nonzero once a byte above 0x7f was seen */
 } Rules;
-
-static int
-lower(char c)
-{
-    return (c >= 'A' && c <= 'Z') ? c + ('a' - 'A') : c;
-}
-
-static int
-equals_folded(const char *s, const char *e, const char *word)
-{
-    Py_ssize_t n = (Py_ssize_t)strlen(word);
-    if (e - s != n)
-        return 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        if (lower(s[i]) != word[i])
-            return 0;
-    }
-    return 1;
-}
-
-/* [0-9]+\.?[0-9]*|\.[0-9]+ followed by an optional [eE][+-]?[0-9]+, to the end. */
-static int
-is_decimal(const char *s, const char *e)
-{
-    Py_ssize_t whole = 0, fraction = 0;
-    while (s < e && IS(*s, DIGIT)) {
-        s++;
-        whole++;
-    }
-    if (s < e && *s == '.') {
-        s++;
-        while (s < e && IS(*s, DIGIT)) {
-            s++;
-            fraction++;
-        }
-    }
-    if (whole == 0 && fraction == 0)
-        return 0;
-
-    if (s < e && (*s == 'e' || *s == 'E')) {
-        s++;
-        if (s < e && (*s == '+' || *s == '-'))
-            s++;
-        if (s == e || !IS(*s, DIGIT))
-            return 0;
-        while (s < e && IS(*s, DIGIT))
-            s++;
-    }
-    return s == e;
-}
-
-/* As syntax._VALUE: a signed decimal or Inf/Infinity in any case, or an unsigned NaN. */
-static int
-is_value(const char *s, const char *e)
-{
-    if (equals_folded(s, e, "nan"))
-        return 1;
-    if (s < e && (*s == '+' || *s == '-'))
-        s++;
-    if (s < e && (*s == 'i' || *s == 'I'))
-        return equals_folded(s, e, "inf") || equals_folded(s, e, "infinity");
-    return is_decimal(s, e);
-}
-
-/* As syntax._TEXT_TIMESTAMP and _OPENMETRICS_TIMESTAMP. */
-static int
-is_timestamp(const char *s, const char *e, int openmetrics)
-{
-    if (e - s > MAX_TIMESTAMP_LENGTH)
-        return 0;
-    if (s < e && (*s == '+' || *s == '-'))
-        s++;
-    if (openmetrics)
-        return is_decimal(s, e);
-
-    Py_ssize_t digits = e - s;
-    if (digits < 1 || digits > 19)
-        return 0;
-    for (; s < e; s++) {
-        if (!IS(*s, DIGIT))
-            return 0;
-    }
-    return 1;
-}
 
 static int
 find_allowed(Rules *rules, const char *name, Py_ssize_t length)
