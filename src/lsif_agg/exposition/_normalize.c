@@ -133,47 +133,6 @@ skip_token(const char *p)
     return p;
 }
 
-/* Write checked integer milliseconds as seconds, as syntax.milliseconds_to_seconds does. */
-static Py_ssize_t
-format_seconds(char *out, const char *s, const char *e)
-{
-    int negative = *s == '-';
-    if (*s == '+' || *s == '-')
-        s++;
-    while (s < e && *s == '0')
-        s++;
-    Py_ssize_t digits = e - s;
-    if (digits == 0) {
-        *out = '0';
-        return 1;
-    }
-
-    char *p = out;
-    if (negative)
-        *p++ = '-';
-    if (digits > 3) {
-        memcpy(p, s, (size_t)(digits - 3));
-        p += digits - 3;
-    }
-    else {
-        *p++ = '0';
-    }
-    char fraction[3];
-    for (Py_ssize_t i = 0; i < 3; i++) {
-        Py_ssize_t index = digits - 3 + i;
-        fraction[i] = index >= 0 ? s[index] : '0';
-    }
-    int length = 3;
-    while (length > 0 && fraction[length - 1] == '0')
-        length--;
-    if (length > 0) {
-        *p++ = '.';
-        memcpy(p, fraction, (size_t)length);
-        p += length;
-    }
-    return p - out;
-}
-
 /* Convert OpenMetrics seconds to integer milliseconds in one pass, cutting the digits after the
  * third decimal, as syntax.seconds_to_milliseconds does for the seconds that
  * syntax._PLAIN_SECONDS matches: no exponent and at most MAX_PLAIN_WHOLE_DIGITS whole digits.
@@ -348,7 +307,7 @@ read_timestamp(Sample *sample, const Settings *settings)
     }
     if (!is_timestamp(s, e, 0))
         return 0;
-    sample->converted_length = format_seconds(sample->converted, s, e);
+    sample->converted_length = write_seconds(sample->converted, s, e);
     return 1;
 }
 

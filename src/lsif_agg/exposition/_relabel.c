@@ -487,48 +487,6 @@ read_rules(Rules *rules, PyObject *allowed, PyObject *clashing, int openmetrics)
     return 0;
 }
 
-/* Write checked integer milliseconds s..e as seconds, as syntax.milliseconds_to_seconds does,
- * and return the length written: at most 4 bytes more than e - s, for "5" becomes "0.005". */
-static Py_ssize_t
-write_seconds(char *out, const char *s, const char *e)
-{
-    int negative = *s == '-';
-    if (*s == '+' || *s == '-')
-        s++;
-    while (s < e && *s == '0')
-        s++;
-    Py_ssize_t digits = e - s;
-    if (digits == 0) {
-        *out = '0';
-        return 1;
-    }
-
-    char *start = out;
-    if (negative)
-        *out++ = '-';
-    if (digits > 3) {
-        memcpy(out, s, (size_t)(digits - 3));
-        out += digits - 3;
-    }
-    else {
-        *out++ = '0';
-    }
-    char fraction[3];
-    for (Py_ssize_t i = 0; i < 3; i++) {
-        Py_ssize_t index = digits - 3 + i;
-        fraction[i] = index >= 0 ? s[index] : '0';
-    }
-    int length = 3;
-    while (length > 0 && fraction[length - 1] == '0')
-        length--;
-    if (length > 0) {
-        *out++ = '.';
-        memcpy(out, fraction, (size_t)length);
-        out += length;
-    }
-    return out - start;
-}
-
 /* Write checked plain seconds s..e as integer milliseconds, cutting the digits after the
  * third decimal, as syntax.seconds_to_milliseconds does. Return the length written: at most
  * 3 bytes more than e - s, for "5" becomes "5000". */

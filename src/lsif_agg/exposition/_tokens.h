@@ -1,6 +1,6 @@
-/* The value and timestamp tokens of a sample line, checked as syntax.py checks them. Shared by
- * the kernel (_relabel.c) and the normalizer (_normalize.c), which are separate extensions, so
- * the functions are static and each extension gets its own copy when compiled. */
+/* The value and timestamp tokens of a sample line, checked and converted as syntax.py does.
+ * Shared by the kernel (_relabel.c) and the normalizer (_normalize.c), which are separate
+ * extensions, so the functions are static and each extension compiles its own copy. */
 
 #ifndef LSIF_AGG_TOKENS_H
 #define LSIF_AGG_TOKENS_H
@@ -99,6 +99,48 @@ is_timestamp(const char *s, const char *e, int openmetrics)
             return 0;
     }
     return 1;
+}
+
+/* Write checked integer milliseconds s..e as seconds, as syntax.milliseconds_to_seconds does,
+ * and return the length written: at most 4 bytes more than e - s, for "5" becomes "0.005". */
+static Py_ssize_t
+write_seconds(char *out, const char *s, const char *e)
+{
+    int negative = *s == '-';
+    if (*s == '+' || *s == '-')
+        s++;
+    while (s < e && *s == '0')
+        s++;
+    Py_ssize_t digits = e - s;
+    if (digits == 0) {
+        *out = '0';
+        return 1;
+    }
+
+    char *start = out;
+    if (negative)
+        *out++ = '-';
+    if (digits > 3) {
+        memcpy(out, s, (size_t)(digits - 3));
+        out += digits - 3;
+    }
+    else {
+        *out++ = '0';
+    }
+    char fraction[3];
+    for (Py_ssize_t i = 0; i < 3; i++) {
+        Py_ssize_t index = digits - 3 + i;
+        fraction[i] = index >= 0 ? s[index] : '0';
+    }
+    int length = 3;
+    while (length > 0 && fraction[length - 1] == '0')
+        length--;
+    if (length > 0) {
+        *out++ = '.';
+        memcpy(out, fraction, (size_t)length);
+        out += length;
+    }
+    return out - start;
 }
 
 #endif
