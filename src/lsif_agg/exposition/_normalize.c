@@ -637,24 +637,6 @@ typedef struct {
     Py_ssize_t capacity;
 } Stretches;
 
-static uint64_t
-hash_bytes(const char *s, Py_ssize_t n)
-{
-    uint64_t hash = 0x9e3779b97f4a7c15ULL ^ (uint64_t)n;
-    while (n >= 8) {
-        uint64_t word;
-        memcpy(&word, s, 8);
-        hash = (hash ^ word) * 0xff51afd7ed558ccdULL;
-        hash ^= hash >> 32;
-        s += 8;
-        n -= 8;
-    }
-    uint64_t word = 0;
-    memcpy(&word, s, (size_t)n);
-    hash = (hash ^ word) * 0xc4ceb9fe1a85ec53ULL;
-    return hash ^ (hash >> 29);
-}
-
 static int
 grow_slots(KeySet *set)
 {

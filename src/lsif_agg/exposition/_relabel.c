@@ -336,24 +336,6 @@ scan_tail(const char *run, const char *p, const char *e, const Rules *rules, Lin
     return 0;
 }
 
-static uint64_t
-hash_bytes(const char *s, Py_ssize_t n)
-{
-    uint64_t hash = 0x9e3779b97f4a7c15ULL ^ (uint64_t)n;
-    while (n >= 8) {
-        uint64_t word;
-        memcpy(&word, s, 8);
-        hash = (hash ^ word) * 0xff51afd7ed558ccdULL;
-        hash ^= hash >> 32;
-        s += 8;
-        n -= 8;
-    }
-    uint64_t word = 0;
-    memcpy(&word, s, (size_t)n);
-    hash = (hash ^ word) * 0xc4ceb9fe1a85ec53ULL;
-    return hash ^ (hash >> 29);
-}
-
 /* Return 1 when two lines of the run have the same series, 0 when none do, -1 on no memory. */
 static int
 has_repeats(const char *run, Line *lines, Py_ssize_t count)
@@ -852,15 +834,15 @@ scan_body(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 
 /* ---- The whole merge of canonical bodies ------------------------------------------------
  *
- * merge_bodies merges bodies that are all in the output format and all canonical, in one call
- * and without a Python object per family or per line. A canonical body is a sequence of family
- * blocks: the family's metadata lines, each exactly `# HELP name text`, `# TYPE name type` or
- * (OpenMetrics) `# UNIT name unit`, then its sample lines, each as scan_line accepts it and
- * named with one of the family's sample names. An OpenMetrics body ends at `# EOF`. Any other
- * line, a family given twice, a sample name used by two families and anything else the
- * general path would regroup or rename makes the call return the body's index instead, and
- * merge.py merges the whole scrape on the general path. Tests prove with hypothesis that both
- * write the same bytes.
+ * merge_bodies merges canonical bodies in one call, without a Python object per family or per
+ * line. Each body is in the output format, or is text going into OpenMetrics. A canonical body
+ * is a sequence of family blocks: the family's metadata lines, each exactly `# HELP name text`,
+ * `# TYPE name type` or (OpenMetrics) `# UNIT name unit`, then its sample lines, each as
+ * scan_line accepts it and named with one of the family's sample names. An OpenMetrics body
+ * ends at `# EOF`. Any other line makes the call return the body's index, and so does a family
+ * given twice, a sample name used by two families, or anything else the general path would
+ * regroup or rename. merge.py then decides between leaving the body out and the general path.
+ * Tests check with hypothesis that both paths write the same bytes.
  */
 
 /* A family's type and the sample names it allows: the family name plus one of these suffixes. */
@@ -921,7 +903,6 @@ typedef struct {
     Py_ssize_t count; /* lines in the block, repeats included */
     Py_ssize_t kept;  /* lines written: the first of each series */
     Py_ssize_t bytes; /* what the kept lines take in the output, but for the added label */
-    Py_ssize_t stamps; /* kept lines with a timestamp to convert */
     Py_ssize_t body;  /* which body */
     Py_ssize_t next;  /* the next block of the same merged family, or -1 */
     Py_ssize_t name_lines[4]; /* for each suffix, the first line that used it, or -1 */
@@ -1257,13 +1238,12 @@ filter_names(MergeState *state, const char *text, Block *block, Py_ssize_t body_
     return 0;
 }
 
-/* Count what a block writes: its unmarked lines, their bytes and their converted timestamps. */
+/* Count what a block writes: its unmarked lines and their bytes, converted timestamps included. */
 static void
 tally_block(const MergeState *state, const char *text, Block *block)
 {
     block->kept = 0;
     block->bytes = 0;
-    block->stamps = 0;
     for (Py_ssize_t i = block->first; i < block->first + block->count; i++) {
         if (state->dropped[i])
             continue;
@@ -1275,7 +1255,6 @@ tally_block(const MergeState *state, const char *text, Block *block)
             char seconds[MAX_TIMESTAMP_LENGTH + 8];
             Py_ssize_t length = write_seconds(seconds, text + line->stamp, text + line->end);
             block->bytes += length - (Py_ssize_t)(line->end - line->stamp);
-            block->stamps++;
         }
     }
 }
@@ -1749,7 +1728,7 @@ typedef struct {
     Py_ssize_t size;        /* bytes it writes in all */
 } ExpositionObject;
 
-/* Where a writer of an exposition stands. */
+/* The position of a writer in an exposition. */
 typedef struct {
     Py_ssize_t family;  /* index into state.merged; merged_count once all are written */
     int metadata_done;  /* the family's HELP, TYPE and UNIT are written */
@@ -1787,8 +1766,8 @@ exposition_size(const ExpositionObject *self)
     return size;
 }
 
-/* The most bytes a sample line takes written: the added label, `{` and `}` or `,`, a newline,
- * and a converted timestamp's 4 more digits at most. */
+/* Return the maximum size of a written sample line: the line, the added label, `{` and `}`
+ * or `,`, a newline, and up to 4 more digits of a converted timestamp. */
 static inline Py_ssize_t
 line_bound(const SampleLine *line, Py_ssize_t label_length)
 {
@@ -1820,8 +1799,8 @@ write_line(char *out, const SampleLine *line, const char *text, const char *labe
     return out;
 }
 
-/* Move the cursor to the next piece to write, past dropped lines and spent blocks; return the
- * most bytes that piece takes, or 0 when everything is written. */
+/* Move the cursor to the next piece to write, past dropped lines and spent blocks. Return the
+ * maximum size of that piece, or 0 when everything is written. */
 static Py_ssize_t
 settle(const ExpositionObject *self, Cursor *cursor)
 {
@@ -1850,7 +1829,7 @@ settle(const ExpositionObject *self, Cursor *cursor)
     return 0;
 }
 
-/* Write the piece the cursor stands on, which settle found, and move past it. */
+/* Write the piece at the cursor, which settle found, and move past it. */
 static char *
 write_piece(const ExpositionObject *self, Cursor *cursor, char *out)
 {
@@ -1949,7 +1928,7 @@ exposition_tobytes(ExpositionObject *self, PyObject *unused)
     Cursor cursor = {0, 0, -1, 0, 0};
     if (self->size == 0)
         return PyBytes_FromStringAndSize(NULL, 0);
-    /* settle() gives each piece's most bytes, up to 5 more than it writes, hence the room. */
+    /* settle() gives each piece's maximum size, up to 5 bytes more than it writes, hence the room. */
     PyObject *whole = write_slice(self, &cursor, self->size + 8);
     if (whole == NULL && !PyErr_Occurred())
         return PyBytes_FromStringAndSize(NULL, 0);

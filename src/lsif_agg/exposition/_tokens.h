@@ -1,11 +1,12 @@
-/* The value and timestamp tokens of a sample line, checked and converted as syntax.py does.
- * Shared by the kernel (_relabel.c) and the normalizer (_normalize.c), which are separate
- * extensions, so the functions are static and each extension compiles its own copy. */
+/* The value and timestamp tokens of a sample line, checked and converted as syntax.py does,
+ * and the hash of a series. Shared by the kernel (_relabel.c) and the normalizer
+ * (_normalize.c), which are separate extensions, so each compiles its own static copy. */
 
 #ifndef LSIF_AGG_TOKENS_H
 #define LSIF_AGG_TOKENS_H
 
 #include <Python.h>
+#include <stdint.h>
 #include <string.h>
 
 /* As syntax.MAX_TIMESTAMP_LENGTH. */
@@ -141,6 +142,25 @@ write_seconds(char *out, const char *s, const char *e)
         out += length;
     }
     return out - start;
+}
+
+/* Hash bytes for the tables that find repeated series and family names. */
+static uint64_t
+hash_bytes(const char *s, Py_ssize_t n)
+{
+    uint64_t hash = 0x9e3779b97f4a7c15ULL ^ (uint64_t)n;
+    while (n >= 8) {
+        uint64_t word;
+        memcpy(&word, s, 8);
+        hash = (hash ^ word) * 0xff51afd7ed558ccdULL;
+        hash ^= hash >> 32;
+        s += 8;
+        n -= 8;
+    }
+    uint64_t word = 0;
+    memcpy(&word, s, (size_t)n);
+    hash = (hash ^ word) * 0xc4ceb9fe1a85ec53ULL;
+    return hash ^ (hash >> 29);
 }
 
 #endif
