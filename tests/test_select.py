@@ -24,7 +24,7 @@ def keeps(selectors: list[str], name: str, **labels: str) -> bool:
         (["up", '{instance=~".+"}'], False),
     ],
 )
-def test_filters_on_name_and_worker_are_asked_per_name(selectors: list[str], per_name: bool) -> None:
+def test_name_and_worker_filter_per_name(selectors: list[str], per_name: bool) -> None:
     assert isinstance(build_filter(selectors), NameFilter) is per_name
 
 

@@ -201,7 +201,7 @@ def test_replicas_of_one_program_take_the_whole_merge(output: OutputFormat) -> N
 
 
 @pytest.mark.parametrize("output", list(OutputFormat), ids=lambda output: output.value)
-def test_an_invalid_body_is_left_out_and_the_rest_still_take_the_whole_merge(output: OutputFormat) -> None:
+def test_whole_merge_leaves_out_invalid_body(output: OutputFormat) -> None:
     targets = replicas(HISTOGRAM, output)
     broken = body_of([*HISTOGRAM[:3], "req_seconds_bucket{le=0.5} 1", *HISTOGRAM[3:]], output)
     targets[1] = TargetBody("w1", broken, CONTENT_TYPES[output])
@@ -215,7 +215,7 @@ def test_an_invalid_body_is_left_out_and_the_rest_still_take_the_whole_merge(out
     assert b'worker="w1"' not in whole.body
 
 
-def test_a_body_that_is_not_utf8_is_left_out() -> None:
+def test_whole_merge_leaves_out_non_utf8_body() -> None:
     targets = replicas(HISTOGRAM, OutputFormat.TEXT)
     targets[0] = TargetBody("w0", b'# TYPE up gauge\nup{x="\xff"} 1\n', TEXT)
     with counting_whole_merges() as returned:
@@ -225,7 +225,7 @@ def test_a_body_that_is_not_utf8_is_left_out() -> None:
     assert isinstance(returned[-1], tuple)
 
 
-def test_help_and_unit_conflicts_are_reported_in_the_general_path_order() -> None:
+def test_whole_merge_conflict_order() -> None:
     first = [
         "# HELP a One.",
         "# UNIT a seconds",
@@ -270,7 +270,7 @@ def test_help_and_unit_conflicts_are_reported_in_the_general_path_order() -> Non
         ("a plain comment", ["# TYPE a gauge", "# just a note", "a 1"]),
     ],
 )
-def test_a_body_the_kernel_refuses_goes_whole_to_the_general_path(case: str, lines: list[str]) -> None:
+def test_whole_merge_rejected_body(case: str, lines: list[str]) -> None:
     output = OutputFormat.OPENMETRICS if case == "an exemplar" else OutputFormat.TEXT
     with counting_whole_merges() as returned:
         whole, general = merge_both(replicas(lines, output, count=2), output)
@@ -279,7 +279,7 @@ def test_a_body_the_kernel_refuses_goes_whole_to_the_general_path(case: str, lin
     assert all(outcome.error is None for outcome in whole.outcomes), case
 
 
-def test_targets_that_disagree_on_a_type_go_to_the_general_path() -> None:
+def test_whole_merge_type_conflict() -> None:
     targets = [
         TargetBody("w0", body_of(["# TYPE a gauge", "a 1"], OutputFormat.TEXT), TEXT),
         TargetBody("w1", body_of(["# TYPE a counter", "a 1"], OutputFormat.TEXT), TEXT),
@@ -291,7 +291,7 @@ def test_targets_that_disagree_on_a_type_go_to_the_general_path() -> None:
     assert whole.conflicts == (Conflict("a", "type"),)
 
 
-def test_empty_lines_and_help_escapes_stay_in_the_kernel() -> None:
+def test_whole_merge_empty_lines_and_help_escapes() -> None:
     lines = ["# HELP a Back\\\\slash and\\nnewline.", "# TYPE a gauge", "", "a 1", "", ""]
     with counting_whole_merges() as returned:
         whole, general = merge_both(replicas(lines, OutputFormat.TEXT, count=2), OutputFormat.TEXT)
@@ -300,7 +300,7 @@ def test_empty_lines_and_help_escapes_stay_in_the_kernel() -> None:
     assert b"# HELP a Back\\\\slash and\\nnewline.\n" in whole.body
 
 
-def test_a_repeated_series_is_written_once() -> None:
+def test_whole_merge_repeated_series() -> None:
     lines = ["# TYPE a gauge", 'a{x="1"} 1', 'a{x="2"} 2', 'a{x="1"} 3']
     with counting_whole_merges() as returned:
         whole, general = merge_both(replicas(lines, OutputFormat.TEXT, count=2), OutputFormat.TEXT)
@@ -310,7 +310,7 @@ def test_a_repeated_series_is_written_once() -> None:
     assert [outcome.samples for outcome in whole.outcomes] == [2, 2]
 
 
-def test_openmetrics_into_text_and_shared_labels_skip_the_kernel() -> None:
+def test_whole_merge_skips_openmetrics_into_text() -> None:
     lines = ["# TYPE a gauge", "a 1"]
     shared = [TargetBody("w", target.body, TEXT) for target in replicas(lines, OutputFormat.TEXT)]
     with counting_whole_merges() as returned:
@@ -329,7 +329,7 @@ def test_openmetrics_into_text_and_shared_labels_skip_the_kernel() -> None:
         ("after # EOF", b"# TYPE a gauge\na 1\n# EOF\n\xff\n"),
     ],
 )
-def test_bytes_that_are_not_utf8_leave_the_body_out_wherever_they_are(case: str, body: bytes) -> None:
+def test_whole_merge_non_utf8_anywhere(case: str, body: bytes) -> None:
     targets = replicas(["# TYPE a gauge", "a 1"], OutputFormat.OPENMETRICS, count=2)
     targets[1] = TargetBody("w1", body, OPENMETRICS)
     with counting_whole_merges() as returned:
@@ -370,7 +370,7 @@ def body_of_lines(lines: list[str]) -> bytes:
 
 
 @pytest.mark.parametrize("output", list(OutputFormat), ids=lambda output: output.value)
-def test_replicas_that_differ_a_little_match_the_general_path(output: OutputFormat) -> None:
+def test_whole_merge_near_replicas(output: OutputFormat) -> None:
     @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(replica_scrapes(output))
     def check(targets: list[TargetBody]) -> None:
@@ -381,7 +381,7 @@ def test_replicas_that_differ_a_little_match_the_general_path(output: OutputForm
 
 
 @pytest.mark.parametrize("output", list(OutputFormat), ids=lambda output: output.value)
-def test_a_name_filter_in_the_kernel_matches_the_general_path(output: OutputFormat) -> None:
+def test_whole_merge_name_filter_matches(output: OutputFormat) -> None:
     @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(replica_scrapes(output) | scrapes(output, mixed=output is OutputFormat.OPENMETRICS), st.data())
     def check(targets: list[TargetBody], data: st.DataObject) -> None:
@@ -402,7 +402,7 @@ def test_a_name_filter_in_the_kernel_matches_the_general_path(output: OutputForm
     check()
 
 
-def test_a_name_filter_keeps_the_scrape_in_the_kernel() -> None:
+def test_whole_merge_name_filter_in_kernel() -> None:
     def keep(name: str, labels: Mapping[str, str]) -> bool:
         return name != "req_seconds_bucket" and labels["worker"] != "w1"
 

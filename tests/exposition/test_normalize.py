@@ -625,7 +625,7 @@ def test_generated_quirky_bodies_match_general() -> None:
     check()
     # The generated lines must often be valid and mostly covered, or the test proves little.
     # Three runs of 400 examples gave 0.56-0.63 valid, 0.98 normalized and 3.4-3.9 lines written
-    # per line left; the bounds sit well below, so that the draw alone never fails the test.
+    # per line left. The bounds sit well below, so that the draw alone never fails the test.
     assert counts["valid examples"] >= 0.3 * counts["examples"], counts
     assert counts["examples normalized"] >= 0.8 * counts["examples"], counts
     assert counts["written"] >= 1.5 * counts["left"], counts

@@ -79,8 +79,8 @@ SeriesFilter = Callable[[str, Mapping[str, str]], bool]
 class NameFilter:
     """A series filter that looks only at the metric name and the added worker label.
 
-    Such a filter is asked once per sample name and target, so the whole merge in the kernel
-    can apply it; a plain SeriesFilter is asked for every sample, in Python.
+    Such a filter is called once per sample name and target, so the whole merge in the kernel
+    can apply it. A plain SeriesFilter is called for every sample, in Python.
     """
 
     keep: SeriesFilter

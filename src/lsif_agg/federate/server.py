@@ -125,7 +125,7 @@ class Federation:
         merged body, the largest object of a scrape, is never copied.
         """
         # The merged exposition is written slice by slice as it is compressed or sent, so it is
-        # never held whole; the bodies stay alive until the fan-out is freed.
+        # never held whole. The bodies stay alive until the fan-out is freed.
         arrived = [result for result in results if result.body is not None]
         merged = merge_streamed(
             [TargetBody(result.label, result.body or b"", result.content_type)
