@@ -1,4 +1,7 @@
-"""The heap is trimmed once the last exposition response in flight is done, and not before."""
+"""The heap is trimmed once the last exposition response in flight is done, and not before.
+
+It is trimmed only after enough bytes of bodies passed through since the last trim.
+"""
 
 from __future__ import annotations
 
@@ -25,9 +28,10 @@ def test_trim_waits_for_last_response() -> None:
     trims = RecordedTrims()
 
     async def scenario() -> None:
-        heap = HeapTrimmer(trims)
+        heap = HeapTrimmer(trims, trim_after_bytes=100)
         heap.started()
         heap.started()
+        heap.handled(100)
         heap.finished()
         await asyncio.sleep(0)
         assert trims.calls == []
@@ -44,8 +48,9 @@ def test_trim_skipped_when_a_request_starts() -> None:
     trims = RecordedTrims()
 
     async def scenario() -> None:
-        heap = HeapTrimmer(trims)
+        heap = HeapTrimmer(trims, trim_after_bytes=100)
         heap.started()
+        heap.handled(100)
         heap.finished()
         heap.started()  # arrives before the scheduled trim runs
         await asyncio.sleep(0)
@@ -54,9 +59,32 @@ def test_trim_skipped_when_a_request_starts() -> None:
     asyncio.run(scenario())
 
 
+def test_small_scrapes_are_trimmed_once_their_bytes_add_up() -> None:
+    trims = RecordedTrims()
+
+    async def scrape(heap: HeapTrimmer, size: int) -> None:
+        heap.started()
+        heap.handled(size)
+        heap.finished()
+        await asyncio.sleep(0)
+
+    async def scenario() -> None:
+        heap = HeapTrimmer(trims, trim_after_bytes=100)
+        await scrape(heap, 60)
+        assert trims.calls == []
+
+        await scrape(heap, 60)
+        assert trims.calls == [0]
+
+        await scrape(heap, 60)  # the count starts again after a trim
+        assert trims.calls == [0]
+
+    asyncio.run(scenario())
+
+
 def test_without_malloc_trim_nothing_runs() -> None:
     async def scenario() -> None:
-        heap = HeapTrimmer(None)
+        heap = HeapTrimmer(None, trim_after_bytes=0)
         heap.started()
         heap.finished()
         await asyncio.sleep(0)

@@ -7,12 +7,12 @@ output of the targets.
 from __future__ import annotations
 
 import functools
+import math
+import os
+import resource
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-
-from prometheus_client import ProcessCollector
-from prometheus_client.utils import floatToGoString
 
 from lsif_agg import __version__
 from lsif_agg.exposition import OutputFormat
@@ -134,16 +134,66 @@ def _scrape_families(views: Sequence[ProcessView], ledger: ScrapeLedger) -> list
     ]
 
 
-def _collected_families(collector: ProcessCollector) -> list[Family]:
-    """Take the process figures from prometheus_client's ProcessCollector, which reads /proc."""
-    families: list[Family] = []
-    for metric in collector.collect():
-        samples: list[Sample] = [
-            (sample.name[len(metric.name):], tuple(sorted(sample.labels.items())), sample.value)
-            for sample in metric.samples
+class ProcessFigures:
+    """Reads lsif_agg's own CPU, memory, start time and file descriptors from /proc.
+
+    Read here rather than through prometheus_client's ProcessCollector, which rereads
+    /proc/self/limits and builds metric objects on every scrape: 150 us, about a tenth of a
+    scrape of one worker of 1,000 samples. This takes about 40 us, most of it listing the fds.
+    On a system without /proc it reports nothing, as ProcessCollector does.
+    """
+
+    def __init__(self, proc: str = "/proc") -> None:
+        self._stat_path = f"{proc}/self/stat"
+        self._fd_path = f"{proc}/self/fd"
+        self._ticks = os.sysconf("SC_CLK_TCK")
+        self._page_size = resource.getpagesize()
+        self._boot_time = _boot_time(f"{proc}/stat")
+
+    def families(self) -> list[Family]:
+        if self._boot_time is None:
+            return []
+        try:
+            with open(self._stat_path, "rb") as stat:
+                line = stat.read()
+            open_fds = len(os.listdir(self._fd_path))
+        except OSError:
+            return []
+
+        # The command name in parentheses may hold spaces, so fields are counted after it; the
+        # first of them is field 3 (state) in proc(5).
+        fields = line[line.rindex(b")") + 2:].split()
+        cpu = (int(fields[11]) + int(fields[12])) / self._ticks  # utime + stime
+        start = self._boot_time + int(fields[19]) / self._ticks
+        virtual, resident = int(fields[20]), int(fields[21]) * self._page_size
+        max_fds = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+        def gauge(name: str, help_text: str, value: float) -> Family:
+            return (f"lsif_agg_process_{name}", "gauge", help_text, [("", (), value)])
+
+        return [
+            gauge("virtual_memory_bytes", "lsif_agg's virtual memory size, in bytes.", virtual),
+            gauge("resident_memory_bytes", "lsif_agg's resident memory, in bytes.", resident),
+            gauge("start_time_seconds", "Unix time at which lsif_agg started.", start),
+            ("lsif_agg_process_cpu_seconds", "counter",
+             "CPU time lsif_agg spent in user and system mode, in seconds.",
+             [("_total", (), cpu)]),
+            gauge("open_fds", "File descriptors lsif_agg holds open.", open_fds),
+            gauge("max_fds", "lsif_agg's soft limit on open file descriptors.",
+                  float("inf") if max_fds == resource.RLIM_INFINITY else max_fds),
         ]
-        families.append((metric.name, metric.type, metric.documentation, samples))
-    return families
+
+
+def _boot_time(path: str) -> float | None:
+    """Return the boot time from /proc/stat, which start times in /proc are counted from."""
+    try:
+        with open(path, "rb") as stat:
+            for line in stat:
+                if line.startswith(b"btime "):
+                    return float(line.split()[1])
+    except OSError:
+        pass
+    return None
 
 
 def render_families(families: Iterable[Family], output: OutputFormat) -> bytes:
@@ -176,8 +226,12 @@ def _label_set(labels: tuple[tuple[str, str], ...]) -> str:
 
 @functools.lru_cache(maxsize=1 << 12)
 def _format_value(value: float) -> str:
-    formatted: str = floatToGoString(value)  # type: ignore[no-untyped-call]
-    return formatted
+    """Write a value as both formats read it: Python's shortest repr, or +Inf, -Inf and NaN."""
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(float(value))
 
 
 def _escape_help(text: str, openmetrics: bool) -> str:
@@ -198,14 +252,14 @@ class SelfMetrics:
         self._ledger = ledger
         # Prefixed so that lsif_agg's own CPU and memory never merge into the workers' process_*
         # families, where they would look like one more worker's.
-        self._process_collector = ProcessCollector(namespace="lsif_agg", registry=None)
+        self._process_figures = ProcessFigures()
 
     def families(self) -> list[Family]:
         views = self._processes()
         return [
             *_process_families(views),
             *_scrape_families(views, self._ledger),
-            *_collected_families(self._process_collector),
+            *self._process_figures.families(),
         ]
 
     def render(self, output: OutputFormat) -> bytes:

@@ -102,6 +102,7 @@ class Federation:
         it has its response.
         """
         views, fan_out, results = await self.scrape(negotiated.deadline, negotiated.output)
+        self.heap.handled(sum(len(result.body) for result in results if result.body is not None))
         plain_key = (negotiated.output, False, tuple(selectors))
         body = fan_out.responses.get(plain_key)
         if body is None:
@@ -223,11 +224,25 @@ async def _serve_exposition(request: web.Request, selectors: Sequence[str]
 
 
 def _compress(body: ResponseBody) -> ResponseBody:
-    """Gzip the parts of `body` into one gzip member, reading SLICE_BYTES at a time."""
+    """Gzip the parts of `body` into one gzip member, reading SLICE_BYTES at a time.
+
+    The output stays in parts of about SLICE_BYTES: joined whole, it would be copied once more
+    (1.9 MB at 16 workers x 10,000 samples) while both copies are alive.
+    """
     compressor = isal_zlib.compressobj(GZIP_LEVEL, isal_zlib.DEFLATED, GZIP_WBITS)
-    compressed = [compressor.compress(piece) for piece in _slices(body)]
-    compressed.append(compressor.flush())
-    return (b"".join(compressed),)
+    parts: list[bytes] = []
+    pending: list[bytes] = []
+    pending_bytes = 0
+    for piece in _slices(body):
+        output = compressor.compress(piece)
+        pending.append(output)
+        pending_bytes += len(output)
+        if pending_bytes >= SLICE_BYTES:
+            parts.append(b"".join(pending))
+            pending, pending_bytes = [], 0
+    pending.append(compressor.flush())
+    parts.append(b"".join(pending))
+    return tuple(parts)
 
 
 def _slices(body: ResponseBody) -> Iterator[bytes | memoryview]:
