@@ -1727,12 +1727,72 @@ put(char *out, const char *s, Py_ssize_t n)
     return out + n;
 }
 
+/* A sample line as the merged exposition writes it: the merge's SampleLine in half the room,
+ * with its repeat mark. While a 20 MB response is sent, the records of its 160,000 lines take
+ * 1.9 MB instead of 4 MB. */
+typedef struct {
+    uint32_t start;
+    uint32_t length; /* to the newline, or to the end of a body without a final newline */
+    uint32_t name;   /* the metric name's length in the low NAME_BITS, WRITE_* flags above */
+} WrittenLine;
+
+#define NAME_BITS 24
+#define NAME_MASK ((1u << NAME_BITS) - 1)
+#define WRITE_LABELS (1u << NAME_BITS)       /* the line has a label set */
+#define WRITE_STAMP (1u << (NAME_BITS + 1))  /* its timestamp is converted to seconds */
+#define WRITE_SKIP (1u << (NAME_BITS + 2))   /* a repeat or filtered out: not written */
+
+/* Turn the merge's line records into WrittenLines, in place, and give back the room saved.
+ * Return -1 on no memory, 1 when done, or 0 with `*refused` set to the body of a line whose
+ * name is too long to record, for the general reader. */
+static int
+compact_lines(MergeState *state, WrittenLine **written, Py_ssize_t *refused)
+{
+    /* Each record is copied out before its room is reused: record i is written at 12 i, which
+     * ends before record i's own start at 24 i, so only records already read are overwritten. */
+    char *room = (char *)state->lines;
+    for (Py_ssize_t b = 0; b < state->block_count; b++) {
+        const Block *block = &state->blocks[b];
+        for (Py_ssize_t i = block->first; i < block->first + block->count; i++) {
+            SampleLine line;
+            memcpy(&line, room + i * (Py_ssize_t)sizeof(SampleLine), sizeof line);
+            uint32_t name_length = line.name_end - line.start;
+            if (name_length > NAME_MASK) {
+                *refused = block->body;
+                return 0;
+            }
+            WrittenLine out = {
+                .start = line.start,
+                .length = line.end - line.start,
+                .name = name_length | (line.key_end != line.name_end ? WRITE_LABELS : 0) |
+                        (line.stamp != NO_STAMP ? WRITE_STAMP : 0) |
+                        (state->dropped[i] ? WRITE_SKIP : 0),
+            };
+            memcpy(room + i * (Py_ssize_t)sizeof(WrittenLine), &out, sizeof out);
+        }
+    }
+
+    size_t size = (size_t)(state->line_count > 0 ? state->line_count : 1) * sizeof(WrittenLine);
+    WrittenLine *shrunk = PyMem_Realloc(room, size);
+    if (shrunk == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    *written = shrunk;
+    state->lines = NULL;
+    state->line_capacity = 0;
+    PyMem_Free(state->dropped);
+    state->dropped = NULL;
+    return 1;
+}
+
 /* The merged exposition, kept as the kernel's records and written on demand: whole, or in
  * slices, so that a server can compress and send it without holding it whole. It keeps the
  * bodies and the added labels alive, since its lines point into them. */
 typedef struct {
     PyObject_HEAD
-    MergeState state;
+    MergeState state;       /* but for its line records, which are in `written` */
+    WrittenLine *written;
     PyObject *bodies;       /* tuple of bytes */
     PyObject *added_labels; /* tuple of bytes */
     const char **texts;     /* each body's bytes */
@@ -1784,31 +1844,37 @@ exposition_size(const ExpositionObject *self)
 /* Return the maximum size of a written sample line: the line, the added label, `{` and `}`
  * or `,`, a newline, and up to 4 more digits of a converted timestamp. */
 static inline Py_ssize_t
-line_bound(const SampleLine *line, Py_ssize_t label_length)
+line_bound(const WrittenLine *line, Py_ssize_t label_length)
 {
-    return line->end - line->start + 3 + label_length + (line->stamp != NO_STAMP ? 4 : 0);
+    return (Py_ssize_t)line->length + 3 + label_length + (line->name & WRITE_STAMP ? 4 : 0);
 }
 
 static inline char *
-write_line(char *out, const SampleLine *line, const char *text, const char *label, Py_ssize_t label_length)
+write_line(char *out, const WrittenLine *line, const char *text, const char *label, Py_ssize_t label_length)
 {
-    Py_ssize_t name_length = line->name_end - line->start;
-    out = put(out, text + line->start, name_length);
+    const char *p = text + line->start;
+    Py_ssize_t length = line->length;
+    Py_ssize_t name_length = line->name & NAME_MASK;
+    out = put(out, p, name_length);
     *out++ = '{';
     out = put(out, label, label_length);
-    if (line->key_end == line->name_end) {
-        *out++ = '}';
-    }
-    else {
+    if (line->name & WRITE_LABELS) {
         *out++ = ',';
         name_length++; /* the `{` is already written */
     }
-    if (line->stamp == NO_STAMP) {
-        out = put(out, text + line->start + name_length, line->end - line->start - name_length);
+    else {
+        *out++ = '}';
+    }
+    if (line->name & WRITE_STAMP) {
+        /* The timestamp is the line's last token, after its last blank. */
+        Py_ssize_t stamp = length;
+        while (p[stamp - 1] != ' ')
+            stamp--;
+        out = put(out, p + name_length, stamp - name_length);
+        out += write_seconds(out, p + stamp, p + length);
     }
     else {
-        out = put(out, text + line->start + name_length, line->stamp - line->start - name_length);
-        out += write_seconds(out, text + line->stamp, text + line->end);
+        out = put(out, p + name_length, length - name_length);
     }
     *out++ = '\n';
     return out;
@@ -1826,10 +1892,11 @@ settle(const ExpositionObject *self, Cursor *cursor)
             return metadata_size(self, family);
         while (cursor->block >= 0) {
             const Block *block = &state->blocks[cursor->block];
-            while (cursor->line < block->first + block->count && state->dropped[cursor->line])
+            while (cursor->line < block->first + block->count &&
+                   self->written[cursor->line].name & WRITE_SKIP)
                 cursor->line++;
             if (cursor->line < block->first + block->count) {
-                const SampleLine *line = &state->lines[cursor->line];
+                const WrittenLine *line = &self->written[cursor->line];
                 return line_bound(line, self->label_lengths[block->body]);
             }
             cursor->block = block->next;
@@ -1872,7 +1939,7 @@ write_piece(const ExpositionObject *self, Cursor *cursor, char *out)
 
     /* One sample line, with the added label first in its label set. */
     const Block *block = &state->blocks[cursor->block];
-    const SampleLine *line = &state->lines[cursor->line++];
+    const WrittenLine *line = &self->written[cursor->line++];
     return write_line(out, line, self->texts[block->body], self->labels[block->body],
                       self->label_lengths[block->body]);
 }
@@ -1898,8 +1965,8 @@ write_slice(const ExpositionObject *self, Cursor *cursor, Py_ssize_t limit)
             Py_ssize_t label_length = self->label_lengths[block->body];
             Py_ssize_t last = block->first + block->count;
             for (; cursor->line < last; cursor->line++) {
-                const SampleLine *line = &self->state.lines[cursor->line];
-                if (self->state.dropped[cursor->line])
+                const WrittenLine *line = &self->written[cursor->line];
+                if (line->name & WRITE_SKIP)
                     continue;
                 if (line_bound(line, label_length) > end - out)
                     break;
@@ -1920,6 +1987,7 @@ static void
 exposition_dealloc(ExpositionObject *self)
 {
     free_state(&self->state);
+    PyMem_Free(self->written);
     PyMem_Free(self->texts);
     PyMem_Free(self->labels);
     PyMem_Free(self->label_lengths);
@@ -2169,16 +2237,23 @@ merge_bodies(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         }
         PyTuple_SET_ITEM(samples, i, number);
     }
-    /* The records live as long as the response is being sent; they keep no spare room. */
-    if (state.line_count < state.line_capacity && resize_lines(&state, state.line_count) < 0) {
+    /* The records live as long as the response is being sent, so they are made compact. */
+    WrittenLine *written = NULL;
+    Py_ssize_t refused = -1;
+    int compacted = compact_lines(&state, &written, &refused);
+    if (compacted <= 0) {
         Py_DECREF(samples);
+        if (compacted == 0)
+            result = PyLong_FromSsize_t(refused);
         goto done;
     }
     ExpositionObject *merged = PyObject_New(ExpositionObject, &ExpositionType);
     if (merged == NULL) {
+        PyMem_Free(written);
         Py_DECREF(samples);
         goto done;
     }
+    merged->written = written;
     merged->state = state;
     state = (MergeState){0}; /* the exposition owns the records now */
     merged->texts = texts;

@@ -7,11 +7,12 @@ broken process cannot fail the response or delay it beyond the deadline.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import logging
 import time
 import zlib
-from collections.abc import Hashable, Sequence
+from collections.abc import AsyncIterator, Hashable, Sequence
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -66,12 +67,26 @@ class FanOut:
     responses: dict[Hashable, ResponseBody] = field(default_factory=dict, compare=False)
 
 
+# A new fan-out waits at most this fraction of its deadline for the responses of the one before
+# to be sent, so a scraper that reads slowly delays the others by a bounded time.
+OVERLAP_WAIT_FRACTION = 0.25
+
+
 class Scraper:
-    """Scrapes targets over one pooled HTTP session; concurrent scrapes share one fan-out."""
+    """Scrapes targets over one pooled HTTP session; concurrent scrapes share one fan-out.
+
+    A fan-out is held from its start until the last request that joined it has sent its
+    response, because the response is written from the targets' bodies. A new fan-out waits for
+    the one before to be released, so one scrape's bodies are in memory at a time, not two: at
+    16 workers x 10,000 samples, overlapping fan-outs took RSS from about 66 to 92 MiB.
+    """
 
     def __init__(self) -> None:
         self._session: aiohttp.ClientSession | None = None
         self._in_flight: dict[OutputFormat, asyncio.Task[FanOut]] = {}
+        self._holders = 0
+        self._released = asyncio.Event()
+        self._released.set()
 
     async def start(self) -> None:
         # No connection limit: every target is fetched at once. Connections are kept alive
@@ -86,21 +101,58 @@ class Scraper:
         if self._session is not None:
             await self._session.close()
 
+    @contextlib.asynccontextmanager
     async def scrape(self, targets: Sequence[ProcessView], deadline: float,
-                     preferred: OutputFormat) -> FanOut:
+                     preferred: OutputFormat) -> AsyncIterator[FanOut]:
         """Fetch `targets` concurrently, each within `deadline` seconds, in `preferred` format.
 
+        The fan-out is held until the block ends, which must come after the response is sent.
         A request that arrives while a fan-out for the same format is under way joins it
         instead of starting another, so two Prometheus replicas scraping together cost one
-        fan-out. The data it gets was fetched after it arrived or at most one fan-out earlier.
+        fan-out. Otherwise it waits, for at most OVERLAP_WAIT_FRACTION of `deadline`, until
+        no fan-out is held, and starts one. The data it gets was fetched after it arrived or
+        comes from a fan-out that was under way when it arrived.
         """
-        in_flight = self._in_flight.get(preferred)
-        if in_flight is None or in_flight.done():
-            in_flight = asyncio.create_task(self._fan_out(tuple(targets), deadline, preferred))
+        waited = await self._wait_for_release(preferred, deadline * OVERLAP_WAIT_FRACTION)
+        in_flight = self._under_way(preferred)
+        if in_flight is None:
+            in_flight = asyncio.create_task(
+                self._fan_out(tuple(targets), deadline - waited, preferred))
             self._in_flight[preferred] = in_flight
             in_flight.add_done_callback(lambda task: self._forget(preferred, task))
-        # shield: a scraper that hangs up must not cancel the fan-out that others share.
-        return await asyncio.shield(in_flight)
+
+        self._holders += 1
+        self._released.clear()
+        try:
+            # shield: a scraper that hangs up must not cancel the fan-out that others share.
+            yield await asyncio.shield(in_flight)
+        finally:
+            self._holders -= 1
+            if self._holders == 0:
+                self._released.set()
+
+    async def _wait_for_release(self, preferred: OutputFormat, limit: float) -> float:
+        """Wait until a fan-out for `preferred` is under way or none is held; return the seconds.
+
+        Gives up after `limit` seconds: the fan-out is then started beside the held one.
+        """
+        # Every waiter wakes at once when the held fan-out is released. The first to run starts
+        # a fan-out; the others then join it, or wait again when they asked for another format.
+        started = time.monotonic()
+        while self._holders > 0 and self._under_way(preferred) is None:
+            left = limit - (time.monotonic() - started)
+            if left <= 0:
+                break
+            try:
+                async with asyncio.timeout(left):
+                    await self._released.wait()
+            except TimeoutError:
+                break
+        return time.monotonic() - started
+
+    def _under_way(self, preferred: OutputFormat) -> asyncio.Task[FanOut] | None:
+        in_flight = self._in_flight.get(preferred)
+        return None if in_flight is None or in_flight.done() else in_flight
 
     def _forget(self, preferred: OutputFormat, task: asyncio.Task[FanOut]) -> None:
         # A finished fan-out contains every target's body (1.1 MB for 10,000 samples of the

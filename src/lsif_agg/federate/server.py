@@ -6,10 +6,11 @@ merge what arrived; join lsif_agg's own series; compress; respond. A failed targ
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 
 from aiohttp import web
 from isal import isal_zlib
@@ -75,38 +76,55 @@ class Federation:
     async def close(self) -> None:
         await self._scraper.close()
 
+    @contextlib.asynccontextmanager
     async def scrape(self, deadline: float, preferred: OutputFormat
-                     ) -> tuple[Sequence[ProcessView], FanOut, list[ScrapeResult]]:
+                     ) -> AsyncIterator[tuple[Sequence[ProcessView], FanOut, list[ScrapeResult]]]:
         """Scrape every running process; the others count as failed without a request.
 
-        Returns the processes, the fan-out that was joined and one result per process.
+        Yields the processes, the fan-out that was joined and one result per process. The
+        fan-out is held until the block ends.
         """
         views = self._supervisor.processes()
         running = [view for view in views if view.state is ProcessState.RUNNING]
-        fan_out = await self._scraper.scrape(running, deadline, preferred)
-        scraped = {result.label for result in fan_out.results}
-        results = list(fan_out.results) + [
-            ScrapeResult(view.label, None, None, 0.0, "not_running",
-                         f"{view.name} is {view.state.value}, so it was not scraped")
-            for view in views if view.label not in scraped
-        ]
-        return views, fan_out, results
+        async with self._scraper.scrape(running, deadline, preferred) as fan_out:
+            scraped = {result.label for result in fan_out.results}
+            results = list(fan_out.results) + [
+                ScrapeResult(view.label, None, None, 0.0, "not_running",
+                             f"{view.name} is {view.state.value}, so it was not scraped")
+                for view in views if view.label not in scraped
+            ]
+            yield views, fan_out, results
 
-    async def render(self, negotiated: Negotiated, *, selectors: Sequence[str],
-                     keep: SeriesFilter | None) -> ResponseBody:
-        """Scrape the targets and return the response body, compressed if negotiated.
+    @contextlib.asynccontextmanager
+    async def response(self, negotiated: Negotiated, *, selectors: Sequence[str],
+                       keep: SeriesFilter | None) -> AsyncIterator[ResponseBody]:
+        """Scrape the targets and yield the response body, compressed if negotiated.
 
-        Requests that joined the same fan-out and negotiated the same format and selectors
-        share one merge, and those of them that accept gzip share one compression. The results
-        are kept on the fan-out, which is freed with the bodies once every request that joined
-        it has its response.
+        The body must be sent before the block ends: it is written from the targets' bodies,
+        which the fan-out holds until then. Requests that joined the same fan-out and
+        negotiated the same format and selectors share one merge, and those of them that
+        accept gzip share one compression.
         """
-        views, fan_out, results = await self.scrape(negotiated.deadline, negotiated.output)
-        self.heap.handled(sum(len(result.body) for result in results if result.body is not None))
+        self.heap.started()
+        try:
+            async with self.scrape(negotiated.deadline, negotiated.output) as (
+                    views, fan_out, results):
+                self.heap.handled(sum(len(result.body) for result in results
+                                      if result.body is not None))
+                yield self._body(negotiated, fan_out,
+                                 lambda: self.expose(views, results, negotiated.output, keep),
+                                 selectors)
+        finally:
+            self.heap.finished()
+
+    @staticmethod
+    def _body(negotiated: Negotiated, fan_out: FanOut, expose: Callable[[], ResponseBody],
+              selectors: Sequence[str]) -> ResponseBody:
+        """Return the response body for `negotiated`, merged or compressed once per fan-out."""
         plain_key = (negotiated.output, False, tuple(selectors))
         body = fan_out.responses.get(plain_key)
         if body is None:
-            body = self.expose(views, results, negotiated.output, keep)
+            body = expose()
             fan_out.responses[plain_key] = body
         if not negotiated.gzip:
             return body
@@ -215,12 +233,8 @@ async def _serve_exposition(request: web.Request, selectors: Sequence[str]
         raise web.HTTPBadRequest(text=f"{error}\n") from None
 
     negotiated = negotiate(request.headers, federation.default_timeout)
-    federation.heap.started()
-    try:
-        body = await federation.render(negotiated, selectors=selectors, keep=keep)
+    async with federation.response(negotiated, selectors=selectors, keep=keep) as body:
         return await _send(request, body, negotiated)
-    finally:
-        federation.heap.finished()
 
 
 def _compress(body: ResponseBody) -> ResponseBody:
@@ -286,9 +300,11 @@ async def handle_healthy(request: web.Request) -> web.Response:
 async def handle_ready(request: web.Request) -> web.Response:
     """Return 200 when every process runs and its scrape just now succeeded, else 503 with the reasons."""
     federation = request.app[FEDERATION_KEY]
-    views, _, results = await federation.scrape(federation.default_timeout, OutputFormat.TEXT)
-    # Only merging finds out whether a body is a readable exposition; the merged body is unused.
-    federation.expose(views, results, OutputFormat.TEXT, keep=None)
+    async with federation.scrape(federation.default_timeout, OutputFormat.TEXT) as (
+            views, _, results):
+        # Only merging finds out whether a body is a readable exposition; the merged body is
+        # unused.
+        federation.expose(views, results, OutputFormat.TEXT, keep=None)
 
     not_ready = [f"{view.name}: {view.state.value}" for view in views
                  if view.state is not ProcessState.RUNNING]
