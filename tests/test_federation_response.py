@@ -9,7 +9,10 @@ from __future__ import annotations
 import gzip
 import http.client
 import re
+import socket
+import struct
 import sys
+import time
 import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -36,15 +39,15 @@ ACCEPT = {
 }
 
 
-def large_exposition() -> bytes:
+def large_exposition(series: int = SERIES) -> bytes:
     """Return a fixed text exposition of several hundred kilobytes, a counter and a histogram."""
     lines = ["# HELP big_requests_total Requests handled, by route and code.",
              "# TYPE big_requests_total counter"]
     lines += [f'big_requests_total{{route="/api/v1/item/{n}",code="{200 + n % 5}"}} {n * 7}'
-              for n in range(SERIES)]
+              for n in range(series)]
     lines += ["# HELP big_latency_seconds Latency of a request.",
               "# TYPE big_latency_seconds histogram"]
-    for n in range(SERIES // 20):
+    for n in range(series // 20):
         for bound, count in (("0.1", n), ("1.0", 2 * n), ("+Inf", 3 * n)):
             lines.append(f'big_latency_seconds_bucket{{shard="{n}",le="{bound}"}} {count}')
         lines.append(f'big_latency_seconds_sum{{shard="{n}"}} {n}.25')
@@ -128,6 +131,31 @@ def test_head_sends_headers_only(agg: LsifAgg) -> None:
         assert body.startswith(b"# HELP big_requests_total ")
     finally:
         connection.close()
+
+
+def test_scraper_hanging_up_mid_response_is_not_an_error(start_lsif_agg: StartLsifAgg,
+                                                         tmp_path: Path) -> None:
+    # The response must outgrow the kernel's socket buffers (4 MiB on Linux), so that lsif_agg
+    # is still sending when the scraper hangs up: 2 workers of 3.5 MB each.
+    exposition = tmp_path / "larger.prom"
+    exposition.write_bytes(large_exposition(series=50_000))
+    agg = start_lsif_agg("--", sys.executable, str(PROGRAMS / "serve_exposition.py"), "{port}",
+                         str(exposition), workers=2)
+    for _ in range(3):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            # A small receive window keeps the response in lsif_agg, waiting to be sent.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.settimeout(30)
+            sock.connect(("127.0.0.1", agg.listen_port))
+            sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                         b"Accept: text/plain;version=0.0.4\r\n\r\n")
+            assert sock.recv(1024).startswith(b"HTTP/1.1 200")
+            time.sleep(0.5)  # lsif_agg fills the socket's buffers and waits for them to drain
+            # Reset instead of a graceful close, as a scraper at its timeout may.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    assert OWN_SERIES_START.decode() in agg.metrics()
+    assert "Error handling request" not in agg.log()
 
 
 def test_concurrent_requests_of_mixed_kinds(agg: LsifAgg, fixed_body: bytes) -> None:

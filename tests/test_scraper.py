@@ -102,7 +102,7 @@ async def test_same_format_after_release_fetches_again(
     assert target.scrapes == 2
 
 
-async def test_slow_holder_delays_a_new_fan_out_a_bounded_time(
+async def test_new_fan_out_starts_when_holder_outlasts_wait(
         scraper: Scraper, target: CountingTarget) -> None:
     deadline = 0.8
     async with asyncio.timeout(GUARD_SECONDS):

@@ -44,7 +44,7 @@ class HeapTrimmer:
         self._in_flight += 1
 
     def handled(self, size: int) -> None:
-        """Count `size` bytes of bodies that a response in flight holds and then frees."""
+        """Count `size` bytes of bodies that a response in flight keeps until it is sent."""
         self._bytes_since_trim += size
 
     def finished(self) -> None:

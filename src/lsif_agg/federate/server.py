@@ -278,16 +278,17 @@ async def _send(request: web.Request, body: ResponseBody, negotiated: Negotiated
     if negotiated.gzip:
         response.headers["Content-Encoding"] = "gzip"
     response.content_length = sum(len(part) for part in body)
-    await response.prepare(request)
-    if request.method == "HEAD":
-        return response
-
     try:
+        await response.prepare(request)
+        if request.method == "HEAD":
+            return response
         for piece in _slices(body):
             await response.write(piece)
         await response.write_eof()
-    except ConnectionResetError:
-        # The scraper hung up, usually at its own timeout. There is no one to tell.
+    except ConnectionError:
+        # The scraper hung up, usually at its own timeout. There is no one to tell. aiohttp
+        # raises a plain ConnectionError when the reset comes while it waits for the socket to
+        # drain, which aiohttp would log as an error with a traceback.
         logger.debug("scraper %s closed the connection before the response was sent",
                      request.remote)
     return response
