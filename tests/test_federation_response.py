@@ -22,7 +22,7 @@ import pytest
 from tests.conftest import LsifAgg
 
 from lsif_agg.exposition import CONTENT_TYPES, OutputFormat, TargetBody, merge
-from lsif_agg.federate.server import SLICE_BYTES
+from lsif_agg.federate.gzipped import SLICE_BYTES
 
 PROGRAMS = Path(__file__).parent / "programs"
 StartLsifAgg = Callable[..., LsifAgg]
@@ -104,11 +104,13 @@ def test_response_is_merge_then_own_series(agg: LsifAgg, fixed_body: bytes,
     headers, body = fetch(agg, output, gzipped=gzipped)
 
     assert headers["Content-Type"] == CONTENT_TYPES[output]
-    assert int(headers["Content-Length"]) == len(body)
     if gzipped:
+        # Sent while it is compressed, so its length is not known when the headers go out.
+        assert headers["Transfer-Encoding"] == "chunked"
         assert headers["Content-Encoding"] == "gzip"
         body = gzip.decompress(body)
     else:
+        assert int(headers["Content-Length"]) == len(body)
         assert "Content-Encoding" not in headers
     check_response(body, expected_merge(fixed_body, output), output)
 
@@ -156,6 +158,25 @@ def test_scraper_hanging_up_mid_response_is_not_an_error(start_lsif_agg: StartLs
 
     assert OWN_SERIES_START.decode() in agg.metrics()
     assert "Error handling request" not in agg.log()
+
+
+def test_gzip_to_http_1_0_has_a_length(agg: LsifAgg, fixed_body: bytes) -> None:
+    # HTTP/1.0 has no chunked encoding, so the gzip member is sent once it is whole.
+    connection = http.client.HTTPConnection("127.0.0.1", agg.listen_port, timeout=30)
+    connection._http_vsn, connection._http_vsn_str = 10, "HTTP/1.0"  # type: ignore[attr-defined]
+    try:
+        connection.request("GET", "/metrics", headers={"Accept": ACCEPT[OutputFormat.TEXT],
+                                                        "Accept-Encoding": "gzip"})
+        response = connection.getresponse()
+        body = response.read()
+    finally:
+        connection.close()
+
+    assert response.status == 200
+    assert response.getheader("Transfer-Encoding") is None
+    assert int(response.getheader("Content-Length") or 0) == len(body)
+    check_response(gzip.decompress(body), expected_merge(fixed_body, OutputFormat.TEXT),
+                   OutputFormat.TEXT)
 
 
 def test_concurrent_requests_of_mixed_kinds(agg: LsifAgg, fixed_body: bytes) -> None:

@@ -14,11 +14,15 @@ import time
 import zlib
 from collections.abc import AsyncIterator, Hashable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import aiohttp
 
 from lsif_agg.exposition import MergedBody, OutputFormat
 from lsif_agg.supervise.process import ProcessView
+
+if TYPE_CHECKING:
+    from lsif_agg.federate.gzipped import GzipStream
 
 # Targets are asked for the format the scraper of lsif_agg negotiated, so the common case copies
 # sample lines without converting them: OpenMetrics keeps exemplars and _created for an
@@ -64,7 +68,8 @@ class FanOut:
     """
 
     results: tuple[ScrapeResult, ...]
-    responses: dict[Hashable, ResponseBody] = field(default_factory=dict, compare=False)
+    responses: dict[Hashable, ResponseBody | GzipStream] = field(default_factory=dict,
+                                                                 compare=False)
 
 
 # A new fan-out waits at most this fraction of its deadline for the responses of the one before

@@ -10,10 +10,9 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
-from aiohttp import web
-from isal import isal_zlib
+from aiohttp import HttpVersion11, web
 
 from lsif_agg import __version__
 from lsif_agg.exposition import (
@@ -24,6 +23,7 @@ from lsif_agg.exposition import (
     merge,
     merge_streamed,
 )
+from lsif_agg.federate.gzipped import GzipStream, slices
 from lsif_agg.federate.heap import HeapTrimmer, find_malloc_trim
 from lsif_agg.federate.negotiate import Negotiated, negotiate
 from lsif_agg.federate.scrape import FanOut, ResponseBody, Scraper, ScrapeResult
@@ -33,16 +33,6 @@ from lsif_agg.settings import Settings
 from lsif_agg.supervise import Supervisor
 from lsif_agg.supervise.process import ProcessState, ProcessView
 
-# Measured on a 16 MB exposition of 160,000 samples: ISA-L level 1 took 19 ms for a ratio of 9.9.
-# zlib level 6 took 309 ms (ratio 14), zlib level 1 115 ms (9.1) and ISA-L level 3 144 ms (10).
-GZIP_LEVEL = 1
-# wbits for a gzip header and trailer around the deflate stream, as zlib defines it.
-GZIP_WBITS = 16 + isal_zlib.MAX_WBITS
-# The merged body is compressed, and sent, in slices of this size. Compressing in slices keeps
-# ISA-L's output buffer small. For sending, aiohttp copies the headers and the first slice into
-# one bytes object (aiohttp 3.14 on Python < 3.12.9 never uses writelines), and passes later
-# slices to the transport as views of the body, without a copy.
-SLICE_BYTES = 256 * 1024
 # Repeated errors of one target are logged at most once per this many seconds.
 ERROR_LOG_INTERVAL = 60.0
 # Refused connections are not logged this soon after a process starts: it may still be binding.
@@ -97,7 +87,7 @@ class Federation:
 
     @contextlib.asynccontextmanager
     async def response(self, negotiated: Negotiated, *, selectors: Sequence[str],
-                       keep: SeriesFilter | None) -> AsyncIterator[ResponseBody]:
+                       keep: SeriesFilter | None) -> AsyncIterator[ResponseBody | GzipStream]:
         """Scrape the targets and yield the response body, compressed if negotiated.
 
         The body must be sent before the block ends: it is written from the targets' bodies,
@@ -119,20 +109,21 @@ class Federation:
 
     @staticmethod
     def _body(negotiated: Negotiated, fan_out: FanOut, expose: Callable[[], ResponseBody],
-              selectors: Sequence[str]) -> ResponseBody:
+              selectors: Sequence[str]) -> ResponseBody | GzipStream:
         """Return the response body for `negotiated`, merged or compressed once per fan-out."""
         plain_key = (negotiated.output, False, tuple(selectors))
         body = fan_out.responses.get(plain_key)
         if body is None:
             body = expose()
             fan_out.responses[plain_key] = body
+        assert not isinstance(body, GzipStream), "plain keys hold bodies, gzip keys streams"
         if not negotiated.gzip:
             return body
 
         gzip_key = (negotiated.output, True, tuple(selectors))
         compressed = fan_out.responses.get(gzip_key)
         if compressed is None:
-            compressed = _compress(body)
+            compressed = GzipStream(body)
             fan_out.responses[gzip_key] = compressed
         return compressed
 
@@ -237,53 +228,36 @@ async def _serve_exposition(request: web.Request, selectors: Sequence[str]
         return await _send(request, body, negotiated)
 
 
-def _compress(body: ResponseBody) -> ResponseBody:
-    """Gzip the parts of `body` into one gzip member, reading SLICE_BYTES at a time.
+async def _send(request: web.Request, body: ResponseBody | GzipStream, negotiated: Negotiated
+                ) -> web.StreamResponse:
+    """Send `body` in slices, so no copy of it is made, waiting for the client between slices.
 
-    The output stays in parts of about SLICE_BYTES: joined whole, it would be copied once more
-    (1.9 MB at 16 workers x 10,000 samples) while both copies are alive.
+    A gzip stream is sent as it is compressed, in chunked encoding since its length is not known
+    yet; an HTTP/1.0 scraper, which cannot take chunks, gets it once it is whole.
     """
-    compressor = isal_zlib.compressobj(GZIP_LEVEL, isal_zlib.DEFLATED, GZIP_WBITS)
-    parts: list[bytes] = []
-    pending: list[bytes] = []
-    pending_bytes = 0
-    for piece in _slices(body):
-        output = compressor.compress(piece)
-        pending.append(output)
-        pending_bytes += len(output)
-        if pending_bytes >= SLICE_BYTES:
-            parts.append(b"".join(pending))
-            pending, pending_bytes = [], 0
-    pending.append(compressor.flush())
-    parts.append(b"".join(pending))
-    return tuple(parts)
-
-
-def _slices(body: ResponseBody) -> Iterator[bytes | memoryview]:
-    for part in body:
-        if not isinstance(part, bytes | memoryview):
-            yield from part.slices(SLICE_BYTES)  # a merged exposition writes its own slices
-            continue
-        view = memoryview(part)
-        for start in range(0, len(view), SLICE_BYTES):
-            yield view[start:start + SLICE_BYTES]
-
-
-async def _send(request: web.Request, body: ResponseBody, negotiated: Negotiated) -> web.StreamResponse:
-    """Send `body` in slices, so no copy of it is made, waiting for the client between slices."""
     response = web.StreamResponse(headers={
         "Content-Type": CONTENT_TYPES[negotiated.output],
         "Vary": "Accept, Accept-Encoding",
     })
     if negotiated.gzip:
         response.headers["Content-Encoding"] = "gzip"
-    response.content_length = sum(len(part) for part in body)
+    if isinstance(body, GzipStream) and request.version < HttpVersion11:
+        body = tuple([part async for part in body.parts()])
+    if isinstance(body, GzipStream):
+        response.enable_chunked_encoding()
+    else:
+        response.content_length = sum(len(part) for part in body)
+
     try:
         await response.prepare(request)
         if request.method == "HEAD":
             return response
-        for piece in _slices(body):
-            await response.write(piece)
+        if isinstance(body, GzipStream):
+            async for part in body.parts():
+                await response.write(part)
+        else:
+            for piece in slices(body):
+                await response.write(piece)
         await response.write_eof()
     except ConnectionError:
         # The scraper hung up, usually at its own timeout. There is no one to tell. aiohttp
