@@ -241,7 +241,10 @@ def test_missing_command_not_ready(start_lsif_agg: StartLsifAgg) -> None:
         return healthz(agg).get("0", {}).get("state") == "failed"
 
     wait_for(failed, "the missing command to be marked failed")
-    assert agg.get("/-/ready")[0] == 503
+    status, _, reasons = agg.get("/-/ready")
+    assert status == 503
+    assert b"worker-0: failed (cannot start /nonexistent/worker: No such file" in reasons
+    assert str(healthz(agg)["0"]["failure"]).startswith("cannot start /nonexistent/worker")
     assert agg.get("/-/healthy")[0] == 200
     assert "/nonexistent/worker" in agg.log()
     assert worker_up(agg.metrics(), "0") == 0.0

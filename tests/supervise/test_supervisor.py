@@ -132,6 +132,8 @@ async def test_restart_gives_up_after_early_exits(
     assert view.pid is None
     assert view.last_exit is not None
     assert view.last_exit.code == 1
+    assert view.failure is not None
+    assert "exited 3 times in a row" in view.failure
     assert "giving up" in caplog.text
     assert [r.levelname for r in caplog.records if "giving up" in r.message] == ["ERROR"]
     assert caplog.text.count("backing off") == 2
@@ -247,6 +249,8 @@ async def test_missing_command_fails_at_once(
 
     assert states(supervisor) == [ProcessState.FAILED]
     assert view_of(supervisor, "worker-0").restarts == 0
+    assert view_of(supervisor, "worker-0").failure == (
+        f"cannot start {missing}: No such file or directory")
     errors = [record for record in caplog.records if record.levelname == "ERROR"]
     assert len(errors) == 2
     assert missing in errors[0].message

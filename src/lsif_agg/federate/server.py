@@ -281,8 +281,9 @@ async def handle_ready(request: web.Request) -> web.Response:
         # unused.
         federation.expose(views, results, OutputFormat.TEXT, keep=None)
 
-    not_ready = [f"{view.name}: {view.state.value}" for view in views
-                 if view.state is not ProcessState.RUNNING]
+    not_ready = [f"{view.name}: {view.state.value}"
+                 + (f" ({view.failure})" if view.failure is not None else "")
+                 for view in views if view.state is not ProcessState.RUNNING]
     not_ready += [f"{view.name}: {federation.latest_error(view.label)}" for view in views
                   if view.state is ProcessState.RUNNING and not federation.latest_up(view.label)]
     if not_ready:
@@ -306,6 +307,7 @@ async def handle_healthz(request: web.Request) -> web.Response:
             "uptime_seconds": round(now - view.running_since, 3)
             if view.running_since is not None and view.state is ProcessState.RUNNING else None,
             "last_exit": view.last_exit.describe() if view.last_exit is not None else None,
+            "failure": view.failure,
             "last_scrape_up": federation.latest_up(view.label),
         }
         for view in views

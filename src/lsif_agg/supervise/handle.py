@@ -76,6 +76,7 @@ class ProcessHandle:
         self._started_at: float | None = None
         self._running_since: float | None = None
         self._last_exit: ExitCause | None = None
+        self._failure: str | None = None  # why the process was given up, for the health endpoints
         self._kill_requested = False
         self._killed = False  # whether our SIGKILL reached the group
 
@@ -96,6 +97,7 @@ class ProcessHandle:
             started_at=self._started_at,
             running_since=self._running_since,
             last_exit=self._last_exit,
+            failure=self._failure,
         )
 
     @property
@@ -245,6 +247,7 @@ class ProcessHandle:
             "cannot start %s: %s; fix the command, it will not be retried worker=%s",
             self.spec.argv[0], reason, self.spec.name,
         )
+        self._failure = f"cannot start {self.spec.argv[0]}: {reason}"
         self._state = ProcessState.FAILED
         if self._settings.on_exit == "exit":
             status = EXIT_NOT_FOUND if error.errno == errno.ENOENT else EXIT_NOT_EXECUTABLE
@@ -269,6 +272,8 @@ class ProcessHandle:
             "not be restarted worker=%s",
             self._policy.early_exits, self._settings.early_exit_seconds, self.spec.name,
         )
+        self._failure = (f"exited {self._policy.early_exits} times in a row within "
+                         f"{self._settings.early_exit_seconds:g} s of its start")
         self._state = ProcessState.FAILED
         return None
 

@@ -61,3 +61,4 @@ class ProcessView:
     started_at: float | None  # Unix time of the current or last start, for start_time_seconds
     running_since: float | None  # monotonic time of the current start, for uptime
     last_exit: ExitCause | None
+    failure: str | None = None  # why the process was marked failed and is not restarted
