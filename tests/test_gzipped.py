@@ -39,7 +39,7 @@ async def test_parts_make_one_gzip_member_of_the_body() -> None:
     assert all(len(part) >= PART_BYTES for part in parts[:-1])
 
 
-async def test_readers_started_together_and_late_get_the_same_member() -> None:
+async def test_early_and_late_readers_share_member() -> None:
     body = varied_body(4 * SLICE_BYTES)
     stream = GzipStream((body,))
 

@@ -59,7 +59,7 @@ def test_trim_skipped_when_a_request_starts() -> None:
     asyncio.run(scenario())
 
 
-def test_small_scrapes_are_trimmed_once_their_bytes_add_up() -> None:
+def test_trim_after_enough_small_scrapes() -> None:
     trims = RecordedTrims()
 
     async def scrape(heap: HeapTrimmer, size: int) -> None:

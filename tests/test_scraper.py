@@ -73,7 +73,7 @@ async def scrape_once(scraper: Scraper, target: CountingTarget, output: OutputFo
         return fan_out.results[0].body
 
 
-async def test_concurrent_scrapes_of_one_format_share_a_fan_out(
+async def test_concurrent_scrapes_share_fan_out(
         scraper: Scraper, target: CountingTarget) -> None:
     bodies = await asyncio.gather(*(scrape_once(scraper, target, OutputFormat.TEXT)
                                     for _ in range(3)))
@@ -81,7 +81,7 @@ async def test_concurrent_scrapes_of_one_format_share_a_fan_out(
     assert target.scrapes == 1
 
 
-async def test_new_fan_out_waits_until_the_held_one_is_released(
+async def test_new_fan_out_waits_for_release(
         scraper: Scraper, target: CountingTarget) -> None:
     async with asyncio.timeout(GUARD_SECONDS):
         async with scraper.scrape([target.view()], 5.0, OutputFormat.TEXT):

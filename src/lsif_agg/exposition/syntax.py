@@ -227,7 +227,7 @@ def seconds_to_milliseconds(timestamp: bytes, line: int) -> bytes:
         return b"-" + digits if sign == b"-" else digits
 
     # Exponents and long digit runs are rare, so decimal (0.3 MiB of RSS) is imported only here.
-    # Its precision holds any timestamp of MAX_TIMESTAMP_LENGTH characters, so scaling by 1000
+    # Its precision covers any timestamp of MAX_TIMESTAMP_LENGTH characters, so scaling by 1000
     # is exact; the exponent range is wide enough for every value the patterns above admit.
     import decimal  # noqa: PLC0415
 
