@@ -258,6 +258,17 @@ async def test_missing_command_fails_at_once(
     assert "could not start and will not be retried: worker-0" in errors[1].message
 
 
+async def test_shutdown_counts_only_running_processes(
+    make_settings: MakeSettings, run_supervisor: RunSupervisor, caplog: Logs, tmp_path: Path
+) -> None:
+    missing = str(tmp_path / "no-such-program")
+    with caplog.at_level(logging.INFO):
+        supervisor = await run_supervisor(make_settings(worker_command=(missing, "{port}")))
+        await supervisor.shutdown()
+
+    assert "stopping processes running=0 " in caplog.text
+
+
 async def test_unexecutable_command_fails(
     make_settings: MakeSettings, run_supervisor: RunSupervisor, caplog: Logs, tmp_path: Path
 ) -> None:

@@ -204,9 +204,10 @@ class Supervisor:
         exit with: 0, or under on_exit="exit" the status of the process that exited."""
         self._stop_requested.set()
         handles = [*self._live_handles(), *self._retiring]
-        log.info(
-            "stopping %d processes grace_period=%g", len(handles), self._settings.grace_period
-        )
+        # Failed processes and those waiting to restart have no process to stop.
+        running = sum(1 for handle in handles if handle.pid is not None)
+        log.info("stopping processes running=%d grace_period=%g", running,
+                 self._settings.grace_period)
         await self._stop_handles(handles, orphans=self._reaper)
 
         # The last lines still in the pipes, then the tasks of signals, scaling and reaping.
