@@ -15,6 +15,7 @@ from unittest import mock
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tests.mutation import mutate
 
 from lsif_agg.exposition import MergeResult, OutputFormat, TargetBody, _relabel, fast, syntax
 from lsif_agg.exposition.merge import merge_targets
@@ -380,18 +381,8 @@ SEED_BODIES = [
 ]
 
 
-def mutate(body: bytes, rng: random.Random) -> bytes:
-    mutated = bytearray(body)
-    for _ in range(rng.randint(1, 4)):
-        position = rng.randrange(len(mutated) + 1)
-        action = rng.randrange(3)
-        if action == 0 and position < len(mutated):
-            del mutated[position]
-        elif action == 1:
-            mutated.insert(position, rng.choice(b'{}",=\\ \n#\t\r0a_\x00\xff'))
-        elif position < len(mutated):
-            mutated[position] = rng.randrange(256)
-    return bytes(mutated)
+# Bytes that a mutation inserts: the exposition's own punctuation and a few that break it.
+MUTATION_BYTES = b'{}",=\\ \n#\t\r0a_\x00\xff'
 
 
 def assert_items_cover(body: bytes, items: list[bytes | fast.RunItem]) -> None:
@@ -414,7 +405,7 @@ def test_kernel_survives_mutated_bodies() -> None:
     deadline = time.monotonic() + FUZZ_SECONDS
     checked = 0
     while checked < FUZZ_BODIES and time.monotonic() < deadline:
-        body = mutate(rng.choice(SEED_BODIES), rng)
+        body = mutate(rng.choice(SEED_BODIES), rng, MUTATION_BYTES)
         for openmetrics in (False, True):
             added = rng.choice([b'worker="0"', None])
             result = _relabel.relabel_run(body, (b"g", b"h_sum", b"c_total"), added, b"worker", openmetrics)

@@ -14,6 +14,7 @@ from unittest import mock
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tests.mutation import mutate
 
 from lsif_agg.exposition import MergeResult, OutputFormat, TargetBody, _normalize
 from lsif_agg.exposition.merge import merge_targets
@@ -680,18 +681,8 @@ SEED_BODIES = [
 ]
 
 
-def mutate(body: bytes, rng: random.Random) -> bytes:
-    mutated = bytearray(body)
-    for _ in range(rng.randint(1, 4)):
-        position = rng.randrange(len(mutated) + 1)
-        action = rng.randrange(3)
-        if action == 0 and position < len(mutated):
-            del mutated[position]
-        elif action == 1:
-            mutated.insert(position, rng.choice(b'{}",=\\ \n#\t\r0a_.e\x00\xc3'))
-        elif position < len(mutated):
-            mutated[position] = rng.randrange(256)
-    return bytes(mutated)
+# Bytes that a mutation inserts: the exposition's own punctuation and a few that break it.
+MUTATION_BYTES = b'{}",=\\ \n#\t\r0a_.e\x00\xc3'
 
 
 def test_normalizer_survives_mutated_bodies() -> None:
@@ -700,7 +691,7 @@ def test_normalizer_survives_mutated_bodies() -> None:
     deadline = time.monotonic() + FUZZ_SECONDS
     checked = 0
     while checked < FUZZ_BODIES and time.monotonic() < deadline:
-        body = mutate(rng.choice(SEED_BODIES), rng)
+        body = mutate(rng.choice(SEED_BODIES), rng, MUTATION_BYTES)
         newline = body.rfind(b"\n", 0, rng.randrange(len(body) + 1))
         start = newline + 1
         for openmetrics in (False, True):
