@@ -62,16 +62,16 @@ async def relay(options: argparse.Namespace) -> None:
 
     async def handle_metrics(request: web.Request) -> web.Response:
         accept = request.headers.get("Accept", "*/*")
-        answers = await asyncio.gather(*(fetch(url, accept) for url in urls))
-        return web.Response(body=b"".join(body for _, body, _ in answers),
-                            content_type=answers[0][2])
+        replies = await asyncio.gather(*(fetch(url, accept) for url in urls))
+        return web.Response(body=b"".join(body for _, body, _ in replies),
+                            content_type=replies[0][2])
 
     async def handle_ready(request: web.Request) -> web.Response:
         try:
-            answers = await asyncio.gather(*(fetch(url, "text/plain") for url in urls))
+            replies = await asyncio.gather(*(fetch(url, "text/plain") for url in urls))
         except aiohttp.ClientError as error:
             return web.Response(status=503, text=f"not ready: {error}\n")
-        if any(status != 200 for status, _, _ in answers):
+        if any(status != 200 for status, _, _ in replies):
             return web.Response(status=503, text="not ready: a worker answered with an error\n")
         return web.Response(text="ready\n")
 

@@ -1,6 +1,6 @@
 """The scraper's fan-outs: joined by concurrent requests, and held until their responses are sent.
 
-A target here is a real HTTP server on 127.0.0.1 that counts the scrapes it answers.
+A target here is a real HTTP server on 127.0.0.1 that counts the scrapes it serves.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ GUARD_SECONDS = 10.0
 
 
 class CountingTarget:
-    """An HTTP target on a free port that answers /metrics and counts the requests."""
+    """An HTTP target on a free port that serves /metrics and counts the requests."""
 
     def __init__(self) -> None:
         self.scrapes = 0

@@ -949,25 +949,25 @@ grow(void **array, Py_ssize_t *capacity, size_t item_size)
     return 0;
 }
 
-/* Size the line records and their marks for `wanted` lines, up or down. Return -1 on no memory. */
+/* Size the line records and their marks for `capacity` lines, up or down. Return -1 on no memory. */
 static int
-resize_lines(MergeState *state, Py_ssize_t wanted)
+resize_lines(MergeState *state, Py_ssize_t capacity)
 {
-    if (wanted < 1)
-        wanted = 1;
-    SampleLine *lines = PyMem_Realloc(state->lines, (size_t)wanted * sizeof(SampleLine));
+    if (capacity < 1)
+        capacity = 1;
+    SampleLine *lines = PyMem_Realloc(state->lines, (size_t)capacity * sizeof(SampleLine));
     if (lines == NULL) {
         PyErr_NoMemory();
         return -1;
     }
     state->lines = lines;
-    unsigned char *dropped = PyMem_Realloc(state->dropped, (size_t)wanted);
+    unsigned char *dropped = PyMem_Realloc(state->dropped, (size_t)capacity);
     if (dropped == NULL) {
         PyErr_NoMemory();
         return -1;
     }
     state->dropped = dropped;
-    state->line_capacity = wanted;
+    state->line_capacity = capacity;
     return 0;
 }
 

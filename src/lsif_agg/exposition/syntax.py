@@ -228,7 +228,7 @@ def seconds_to_milliseconds(timestamp: bytes, line: int) -> bytes:
 
     # Exponents and long digit runs are rare, so decimal (0.3 MiB of RSS) is imported only here.
     # Its precision covers any timestamp of MAX_TIMESTAMP_LENGTH characters, so scaling by 1000
-    # is exact; the exponent range is wide enough for every value the patterns above admit.
+    # is exact. The exponent range is wide enough for every value the patterns above admit.
     import decimal  # noqa: PLC0415
 
     exact = decimal.Context(prec=2 * MAX_TIMESTAMP_LENGTH, Emax=10**6, Emin=-(10**6))

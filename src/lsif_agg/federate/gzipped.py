@@ -1,9 +1,9 @@
 """Response bodies in slices, and their gzip member compressed once while it is being sent.
 
 A merged exposition is written slice by slice, so neither it nor its gzip member is ever held
-whole. Every request that accepts gzip and joined the same fan-out reads the same member, which
-one task compresses as fast as the slices come; so the scraper inflates the first parts while
-the last ones are still being merged and compressed.
+whole. One task compresses the slices as they come, and every request that accepts gzip and
+joined the same fan-out reads the member it writes. So the scraper inflates the first parts
+while the last ones are still being merged and compressed.
 """
 
 from __future__ import annotations
@@ -25,9 +25,8 @@ GZIP_WBITS = 16 + isal_zlib.MAX_WBITS
 # one bytes object (aiohttp 3.14 on Python < 3.12.9 never uses writelines), and passes later
 # slices to the transport as views of the body, without a copy.
 SLICE_BYTES = 256 * 1024
-# The gzip member is handed to the sends in parts of at least this size. ISA-L returns a few
-# kilobytes per slice it compresses; small parts reach the scraper sooner, so it inflates while
-# the rest is compressed, and each costs one write per scraper.
+# The gzip member is handed to the sends in parts of at least this size, because ISA-L returns
+# a few kilobytes per slice. Smaller parts reach the scraper sooner but cost one write each.
 PART_BYTES = 32 * 1024
 
 
@@ -45,8 +44,8 @@ def slices(body: ResponseBody) -> Iterator[bytes | memoryview]:
 class GzipStream:
     """One gzip member of a body, compressed by a task of its own and read by any number of sends.
 
-    The compressed parts are kept until the stream is dropped, so a request that starts reading
-    late still gets the whole member; they are a tenth of the body's size.
+    The compressed parts, about a tenth of the body's size, are kept until the stream is
+    dropped. So a request that starts reading late still gets the whole member.
     """
 
     def __init__(self, body: ResponseBody) -> None:
@@ -54,6 +53,7 @@ class GzipStream:
         self._done = False
         self._failure: BaseException | None = None
         self._grown = asyncio.Event()
+        # Kept so that the event loop, which holds tasks only weakly, cannot drop it midway.
         self._task = asyncio.create_task(self._compress(body))
 
     async def _compress(self, body: ResponseBody) -> None:
@@ -100,5 +100,4 @@ class GzipStream:
                 if self._failure is not None:
                     raise self._failure
                 return
-            if index == len(self._parts):
-                await grown.wait()
+            await grown.wait()

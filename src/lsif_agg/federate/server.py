@@ -232,8 +232,8 @@ async def _send(request: web.Request, body: ResponseBody | GzipStream, negotiate
                 ) -> web.StreamResponse:
     """Send `body` in slices, so no copy of it is made, waiting for the client between slices.
 
-    A gzip stream is sent as it is compressed, in chunked encoding since its length is not known
-    yet; an HTTP/1.0 scraper, which cannot take chunks, gets it once it is whole.
+    A gzip stream is sent as it is compressed, in chunked encoding because its length is not
+    known yet. An HTTP/1.0 scraper cannot take chunks, so it gets the stream once it is whole.
     """
     response = web.StreamResponse(headers={
         "Content-Type": CONTENT_TYPES[negotiated.output],
